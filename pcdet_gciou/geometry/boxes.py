@@ -1,0 +1,244 @@
+"""Box convention, input checks and small box helpers (pure torch).
+
+Box convention (the one OpenPCDet uses for LiDAR boxes)::
+
+    boxes[..., :] = [x, y, z, dx, dy, dz, heading]
+
+- LiDAR frame, metres: x forward, y left, z up.
+- ``(x, y, z)`` is the box **centre** (z too, not the bottom).
+- ``dx`` is the extent along the heading, ``dy`` across it, ``dz`` the height.
+- ``heading`` is in radians, counter-clockwise about +z, measured from +x.
+  A box is symmetric under ``heading + pi``: IoU cannot see the direction.
+
+Corner order of :func:`box_corners_3d` (bottom face first, counter-clockwise seen from above, starting at
+the front-right corner; "front" is the +dx end, where the heading points)::
+
+    BEV, seen from above (bottom face 0..3, top face 4..7 above it)
+
+        2 --------------- 1        ^ y (dy)
+        |                 |        |
+        |        c  --->  |        +---> x (dx), heading = 0
+        |                 |
+        3 --------------- 0
+
+i.e. corners 0..3 = (+dx/2, -dy/2), (+dx/2, +dy/2), (-dx/2, +dy/2), (-dx/2, -dy/2) at z - dz/2, and 4..7 the
+same at z + dz/2. :func:`box_corners_bev` returns corners 0..3 in (x, y).
+
+Negative extents are treated as zero everywhere in :mod:`pcdet_gciou.geometry`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+BOX_DIM = 7
+
+
+def check_boxes(name: str, boxes: object) -> None:
+    """Cheap structural check of a box tensor: a floating-point tensor of shape ``(..., 7)``.
+
+    Raises:
+        TypeError: not a tensor, or not floating point.
+        ValueError: last dimension is not 7.
+    """
+    if not isinstance(boxes, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (..., 7), got {type(boxes).__name__}")
+    if not boxes.is_floating_point():
+        raise TypeError(f"{name} must have a floating-point dtype, got {boxes.dtype}")
+    if boxes.dim() == 0 or boxes.shape[-1] != BOX_DIM:
+        raise ValueError(
+            f"{name} must have shape (..., 7) = [x, y, z, dx, dy, dz, heading], got {tuple(boxes.shape)}"
+        )
+
+
+def check_box_pair(boxes1: object, boxes2: object, *, broadcast: bool = True) -> torch.Size:
+    """Check two box tensors that are used together; returns the broadcast leading shape.
+
+    Raises:
+        TypeError / ValueError: as :func:`check_boxes`, plus mixed devices or shapes that do not broadcast
+        (or, with ``broadcast=False``, that are not equal).
+    """
+    check_boxes("boxes1", boxes1)
+    check_boxes("boxes2", boxes2)
+    if boxes1.device != boxes2.device:
+        raise ValueError(f"boxes1 and boxes2 must be on the same device, got {boxes1.device} and {boxes2.device}")
+    if not broadcast:
+        if boxes1.shape != boxes2.shape:
+            raise ValueError(
+                f"pred and target must have the same shape (..., 7), got {tuple(boxes1.shape)} and "
+                f"{tuple(boxes2.shape)}"
+            )
+        return boxes1.shape[:-1]
+    try:
+        return torch.broadcast_shapes(boxes1.shape[:-1], boxes2.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"leading dimensions of boxes1 {tuple(boxes1.shape)} and boxes2 {tuple(boxes2.shape)} do not broadcast"
+        ) from None
+
+
+def check_boxes_finite(name: str, boxes: torch.Tensor) -> None:
+    """Value check (synchronises with the device): finite entries and non-negative extents.
+
+    Raises:
+        ValueError: naming the first offending box.
+    """
+    bad = ~torch.isfinite(boxes).all(dim=-1) | (boxes[..., 3:6] < 0).any(dim=-1)
+    if bool(bad.any()):
+        index = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name}{list(index)} = {boxes[index].tolist()} is not a valid box: expected finite values and "
+            "non-negative extents dx, dy, dz"
+        )
+
+
+def _float_for_geometry(boxes: torch.Tensor) -> torch.Tensor:
+    """Half precision is too coarse for polygon clipping: compute in float32 (float64 stays float64)."""
+    if boxes.dtype in (torch.float16, torch.bfloat16):
+        return boxes.float()
+    return boxes
+
+
+def box_corners_bev(boxes: torch.Tensor) -> torch.Tensor:
+    """BEV corners of boxes.
+
+    Args:
+        boxes: ``(..., 7)`` boxes ``[x, y, z, dx, dy, dz, heading]``.
+
+    Returns:
+        ``(..., 4, 2)`` corners 0..3 of the module docstring, counter-clockwise.
+    """
+    check_boxes("boxes", boxes)
+    half_x = boxes[..., 3:4].clamp_min(0) / 2
+    half_y = boxes[..., 4:5].clamp_min(0) / 2
+    sign_x = boxes.new_tensor([1.0, 1.0, -1.0, -1.0])
+    sign_y = boxes.new_tensor([-1.0, 1.0, 1.0, -1.0])
+    local_x = sign_x * half_x
+    local_y = sign_y * half_y
+    cos, sin = torch.cos(boxes[..., 6:7]), torch.sin(boxes[..., 6:7])
+    x = boxes[..., 0:1] + local_x * cos - local_y * sin
+    y = boxes[..., 1:2] + local_x * sin + local_y * cos
+    return torch.stack([x, y], dim=-1)
+
+
+def box_corners_3d(boxes: torch.Tensor) -> torch.Tensor:
+    """3D corners of boxes.
+
+    Args:
+        boxes: ``(..., 7)`` boxes.
+
+    Returns:
+        ``(..., 8, 3)``: bottom face corners 0..3, then top face corners 4..7 (see the module docstring).
+    """
+    bev = box_corners_bev(boxes)
+    half_z = boxes[..., 5:6].clamp_min(0) / 2
+    z_bottom = (boxes[..., 2:3] - half_z).unsqueeze(-1).expand(*bev.shape[:-1], 1)
+    z_top = (boxes[..., 2:3] + half_z).unsqueeze(-1).expand(*bev.shape[:-1], 1)
+    return torch.cat([torch.cat([bev, z_bottom], dim=-1), torch.cat([bev, z_top], dim=-1)], dim=-2)
+
+
+def heading_error(heading1: torch.Tensor, heading2: torch.Tensor) -> torch.Tensor:
+    """Heading error folded modulo pi into ``[0, pi/2]`` (box IoU is blind to the direction).
+
+    ``delta = min(d, pi - d)`` with ``d = (heading1 - heading2) mod pi``. This is the GCIoU paper's
+    angle error theta (Sec. 3) and what the official code computes before its clamp.
+
+    Args:
+        heading1, heading2: broadcastable tensors of headings in radians.
+
+    Returns:
+        Tensor of the broadcast shape, values in ``[0, pi/2]``.
+
+    Example:
+        >>> heading_error(torch.tensor([0.1, 3.0]), torch.tensor([0.0, 0.0]))
+        tensor([0.1000, 0.1416])
+    """
+    d = torch.remainder(heading1 - heading2, math.pi)
+    return torch.minimum(d, math.pi - d)
+
+
+def center_distance_sq(boxes1: torch.Tensor, boxes2: torch.Tensor, *, bev: bool = False) -> torch.Tensor:
+    """Squared distance between box centres, ``(...)``; in (x, y) only when ``bev``."""
+    check_box_pair(boxes1, boxes2)
+    dims = 2 if bev else 3
+    return ((boxes1[..., :dims] - boxes2[..., :dims]) ** 2).sum(dim=-1)
+
+
+def enclosing_box_bev(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Smallest rectangle enclosing both boxes among those aligned with either box's heading.
+
+    The exact minimum-area enclosing rectangle of two rotated boxes may take a third orientation (a hull
+    edge bridging the two boxes); restricting to the two boxes' own orientations keeps the result smooth,
+    symmetric and invariant to a shared rotation/translation, which is what GIoU/DIoU penalties need.
+
+    Args:
+        boxes1, boxes2: ``(..., 7)`` broadcastable boxes.
+
+    Returns:
+        ``(..., 3)`` = ``[extent_u, extent_v, heading]`` of the enclosing rectangle (area ``extent_u*extent_v``).
+    """
+    check_box_pair(boxes1, boxes2)
+    corners = torch.cat(torch.broadcast_tensors(box_corners_bev(boxes1), box_corners_bev(boxes2)), dim=-2)
+    headings = torch.stack(torch.broadcast_tensors(boxes1[..., 6], boxes2[..., 6]), dim=-1)  # (..., 2)
+    cos, sin = torch.cos(headings).unsqueeze(-1), torch.sin(headings).unsqueeze(-1)  # (..., 2, 1)
+    u = corners[..., None, :, 0] * cos + corners[..., None, :, 1] * sin  # (..., 2, 8)
+    v = -corners[..., None, :, 0] * sin + corners[..., None, :, 1] * cos
+    extent_u = u.amax(dim=-1) - u.amin(dim=-1)
+    extent_v = v.amax(dim=-1) - v.amin(dim=-1)
+    choose_second = (extent_u * extent_v).argmin(dim=-1, keepdim=True)
+    return torch.stack(
+        [extent_u.gather(-1, choose_second)[..., 0], extent_v.gather(-1, choose_second)[..., 0],
+         headings.gather(-1, choose_second)[..., 0]],
+        dim=-1,
+    )
+
+
+def enclosing_z_extent(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Height of the smallest z-interval enclosing both boxes, ``(...)``."""
+    top = torch.maximum(boxes1[..., 2] + boxes1[..., 5].clamp_min(0) / 2, boxes2[..., 2] + boxes2[..., 5].clamp_min(0) / 2)
+    bottom = torch.minimum(boxes1[..., 2] - boxes1[..., 5].clamp_min(0) / 2, boxes2[..., 2] - boxes2[..., 5].clamp_min(0) / 2)
+    return top - bottom
+
+
+def enclosing_box_3d(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Smallest enclosing box: :func:`enclosing_box_bev` in BEV times the enclosing z-interval.
+
+    Returns:
+        ``(..., 4)`` = ``[extent_u, extent_v, extent_z, heading]``.
+    """
+    bev = enclosing_box_bev(boxes1, boxes2)
+    return torch.stack([bev[..., 0], bev[..., 1], enclosing_z_extent(boxes1, boxes2), bev[..., 2]], dim=-1)
+
+
+def points_in_boxes_mask(points: torch.Tensor, boxes: torch.Tensor, *, chunk_size: int = 65536) -> torch.Tensor:
+    """Which points lie inside which boxes (boundary included).
+
+    Args:
+        points: ``(N, 3+)`` points; only x, y, z are used.
+        boxes: ``(M, 7)`` boxes.
+        chunk_size: points processed at once, to bound memory at ``chunk_size * M``.
+
+    Returns:
+        ``(N, M)`` bool mask.
+    """
+    if not isinstance(points, torch.Tensor) or points.dim() != 2 or points.shape[-1] < 3:
+        shape = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
+        raise ValueError(f"points must be a tensor of shape (N, 3+), got {shape}")
+    check_boxes("boxes", boxes)
+    if boxes.dim() != 2:
+        raise ValueError(f"boxes must have shape (M, 7), got {tuple(boxes.shape)}")
+    boxes = boxes.to(points.dtype) if points.is_floating_point() else boxes
+    cos, sin = torch.cos(boxes[:, 6]), torch.sin(boxes[:, 6])
+    half = boxes[:, 3:6].clamp_min(0) / 2
+    masks = []
+    for start in range(0, points.shape[0], chunk_size):
+        rel = points[start:start + chunk_size, None, :3].to(boxes.dtype) - boxes[None, :, :3]
+        local_x = rel[..., 0] * cos + rel[..., 1] * sin
+        local_y = -rel[..., 0] * sin + rel[..., 1] * cos
+        masks.append(
+            (local_x.abs() <= half[:, 0]) & (local_y.abs() <= half[:, 1]) & (rel[..., 2].abs() <= half[:, 2])
+        )
+    if not masks:
+        return torch.zeros(0, boxes.shape[0], dtype=torch.bool, device=points.device)
+    return torch.cat(masks, dim=0)

@@ -1,0 +1,272 @@
+"""Exact, differentiable IoU of rotated boxes (BEV and 3D), in pure torch.
+
+How the intersection is computed
+--------------------------------
+Work in the frame of one box (the *region*, the one with the larger extent), where it is the axis-aligned
+rectangle ``[-a, a] x [-b, b]``. Walk the boundary of the other box (the *path*) and map every point through
+``pi(x, y) = (clamp(x, -a, a), clamp(y, -b, b))``, the nearest-point projection onto the region. The projected
+path winds once around every point of the intersection and zero times around every other point, so its
+shoelace area is exactly the intersection area (parts outside the region collapse onto the region's boundary
+and enclose nothing). ``pi`` is affine between the parameters where an edge crosses ``x = +-a`` or
+``y = +-b``, so sampling each edge at its start and its (at most four) crossings, in order, gives the projected
+path exactly: 4 edges x 5 points, all elementwise, no sorting network, no data-dependent shapes. This is
+Sutherland-Hodgman clipping against the four half-planes done in one pass.
+
+Precision: coordinates are relative to the region's centre and the shoelace is taken about the path's
+centre, so float32 stays accurate for boxes 1e4 m from the origin; the smaller box is always the path, so
+the crossing parameters are well conditioned even when one box is 1e11 m long.
+
+References: Sutherland & Hodgman, "Reentrant polygon clipping", CACM 1974; the GCIoU paper (Ming et al.,
+CVPR 2023) uses the exact rotated 3D IoU ``I / U``, ``U = V1 + V2 - I`` (Sec. 3.1).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Tuple
+
+import torch
+
+from .boxes import _float_for_geometry, check_box_pair, check_boxes
+
+__all__ = [
+    "rotated_overlap_bev",
+    "rotated_overlap_3d",
+    "rotated_iou_bev",
+    "rotated_iou_3d",
+    "rotated_iou_bev_matrix",
+    "rotated_iou_3d_matrix",
+]
+
+
+def _edge_crossings(start: torch.Tensor, step: torch.Tensor, half: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Edge parameters t in [0, 1] where ``start + t * step`` crosses ``-half`` and ``+half``, ascending.
+
+    A line the edge does not cross contributes t = 0 (a harmless extra sample of the path).
+    """
+    ts = []
+    for bound in (-half, half):
+        gap = bound - start
+        crosses = gap * (bound - start - step) < 0  # strictly opposite sides: step != 0 and 0 < t < 1
+        t = gap / torch.where(crosses, step, torch.ones_like(step))
+        ts.append(torch.where(crosses, t, torch.zeros_like(t)))
+    return torch.minimum(ts[0], ts[1]), torch.maximum(ts[0], ts[1])
+
+
+def _bev_intersection_area(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Intersection area of broadcast ``(..., 7)`` boxes in float32/float64: ``(...)``."""
+    boxes1, boxes2 = torch.broadcast_tensors(boxes1, boxes2)
+    path_is_1 = torch.maximum(boxes1[..., 3], boxes1[..., 4]) < torch.maximum(boxes2[..., 3], boxes2[..., 4])
+    region = torch.where(path_is_1[..., None], boxes2, boxes1)
+    path = torch.where(path_is_1[..., None], boxes1, boxes2)
+
+    half_a = (region[..., 3].clamp_min(0) / 2)[..., None]  # (..., 1)
+    half_b = (region[..., 4].clamp_min(0) / 2)[..., None]
+    cos_r, sin_r = torch.cos(region[..., 6]), torch.sin(region[..., 6])
+    offset_x = path[..., 0] - region[..., 0]
+    offset_y = path[..., 1] - region[..., 1]
+    centre_x = (offset_x * cos_r + offset_y * sin_r)[..., None]  # path centre in the region frame
+    centre_y = (-offset_x * sin_r + offset_y * cos_r)[..., None]
+    rel_heading = path[..., 6] - region[..., 6]
+    cos_p, sin_p = torch.cos(rel_heading)[..., None], torch.sin(rel_heading)[..., None]
+
+    sign_x = path.new_tensor([1.0, 1.0, -1.0, -1.0])  # counter-clockwise corners
+    sign_y = path.new_tensor([-1.0, 1.0, 1.0, -1.0])
+    local_x = sign_x * (path[..., 3:4].clamp_min(0) / 2)
+    local_y = sign_y * (path[..., 4:5].clamp_min(0) / 2)
+    start_x = centre_x + local_x * cos_p - local_y * sin_p  # (..., 4)
+    start_y = centre_y + local_x * sin_p + local_y * cos_p
+    step_x = torch.roll(start_x, -1, dims=-1) - start_x
+    step_y = torch.roll(start_y, -1, dims=-1) - start_y
+
+    tx_lo, tx_hi = _edge_crossings(start_x, step_x, half_a)
+    ty_lo, ty_hi = _edge_crossings(start_y, step_y, half_b)
+    mid_a, mid_b = torch.maximum(tx_lo, ty_lo), torch.minimum(tx_hi, ty_hi)
+    t = torch.stack(
+        [torch.zeros_like(tx_lo), torch.minimum(tx_lo, ty_lo), torch.minimum(mid_a, mid_b),
+         torch.maximum(mid_a, mid_b), torch.maximum(tx_hi, ty_hi)],
+        dim=-1,
+    )  # (..., 4 edges, 5 samples), ascending along each edge
+
+    half_a, half_b = half_a[..., None], half_b[..., None]
+    x = torch.minimum(torch.maximum(start_x[..., None] + t * step_x[..., None], -half_a), half_a)
+    y = torch.minimum(torch.maximum(start_y[..., None] + t * step_y[..., None], -half_b), half_b)
+    x = x.flatten(-2) - centre_x  # shoelace about the path centre: small numbers, small rounding
+    y = y.flatten(-2) - centre_y
+    twice_area = (x * torch.roll(y, -1, dims=-1) - torch.roll(x, -1, dims=-1) * y).sum(dim=-1)
+    return (twice_area / 2).clamp_min(0)
+
+
+def _overlap_3d_kernel(boxes1: torch.Tensor, boxes2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    area = _bev_intersection_area(boxes1, boxes2)
+    size1, size2 = boxes1[..., 3:6].clamp_min(0), boxes2[..., 3:6].clamp_min(0)
+    top = torch.minimum(boxes1[..., 2] + size1[..., 2] / 2, boxes2[..., 2] + size2[..., 2] / 2)
+    bottom = torch.maximum(boxes1[..., 2] - size1[..., 2] / 2, boxes2[..., 2] - size2[..., 2] / 2)
+    volume1, volume2 = size1.prod(dim=-1), size2.prod(dim=-1)
+    # Rounding may push the clipped volume a hair above the smaller box: keep 0 <= IoU <= 1 exactly.
+    intersection = torch.minimum(area * (top - bottom).clamp_min(0), torch.minimum(volume1, volume2))
+    return intersection, volume1 + volume2 - intersection
+
+
+def _overlap_bev_kernel(boxes1: torch.Tensor, boxes2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    area1 = boxes1[..., 3].clamp_min(0) * boxes1[..., 4].clamp_min(0)
+    area2 = boxes2[..., 3].clamp_min(0) * boxes2[..., 4].clamp_min(0)
+    intersection = torch.minimum(_bev_intersection_area(boxes1, boxes2), torch.minimum(area1, area2))
+    return intersection, area1 + area2 - intersection
+
+
+_compiled_kernels: dict = {}
+
+
+def _kernel(kernel: Callable, compiled: bool) -> Callable:
+    """The eager kernel, or a lazily built ``torch.compile`` of it (falls back to eager if compiling fails)."""
+    if not compiled:
+        return kernel
+    if kernel not in _compiled_kernels:
+        compiled_kernel = torch.compile(kernel, dynamic=True)
+
+        def run(boxes1: torch.Tensor, boxes2: torch.Tensor):
+            if _compiled_kernels[kernel] is kernel:
+                return kernel(boxes1, boxes2)
+            try:
+                return compiled_kernel(boxes1, boxes2)
+            except Exception as exc:  # a missing C compiler or an unsupported backend: stay correct
+                warnings.warn(f"torch.compile of the IoU kernel failed ({type(exc).__name__}: {exc}); using eager")
+                _compiled_kernels[kernel] = kernel
+                return kernel(boxes1, boxes2)
+
+        _compiled_kernels[kernel] = run
+    return _compiled_kernels[kernel]
+
+
+def _overlap(kernel: Callable, boxes1: torch.Tensor, boxes2: torch.Tensor, compiled: bool):
+    check_box_pair(boxes1, boxes2)
+    with torch.autocast(device_type=boxes1.device.type, enabled=False):
+        boxes1, boxes2 = _float_for_geometry(boxes1), _float_for_geometry(boxes2)
+        if boxes1.dtype != boxes2.dtype:
+            dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
+            boxes1, boxes2 = boxes1.to(dtype), boxes2.to(dtype)
+        return _kernel(kernel, compiled)(boxes1, boxes2)
+
+
+def rotated_overlap_3d(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, *, compiled: bool = False
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Intersection and union volumes of paired rotated 3D boxes.
+
+    Args:
+        boxes1: ``(..., 7)`` boxes ``[x, y, z, dx, dy, dz, heading]`` (see :mod:`pcdet_gciou.geometry.boxes`).
+        boxes2: ``(..., 7)`` boxes, broadcastable with ``boxes1``.
+        compiled: run a ``torch.compile``-d kernel (built on first use; falls back to eager with a warning).
+
+    Returns:
+        ``(intersection, union)``, each of the broadcast leading shape, in float32 for half-precision
+        inputs (also under autocast) and in the input dtype otherwise. ``union = V1 + V2 - intersection``.
+        Differentiable w.r.t. all seven parameters of both boxes.
+    """
+    return _overlap(_overlap_3d_kernel, boxes1, boxes2, compiled)
+
+
+def rotated_overlap_bev(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, *, compiled: bool = False
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Intersection and union areas of the boxes' BEV rectangles; as :func:`rotated_overlap_3d`."""
+    return _overlap(_overlap_bev_kernel, boxes1, boxes2, compiled)
+
+
+def _safe_ratio(intersection: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    # Unions below machine epsilon (degenerate boxes) give IoU 0 rather than 0/0 or a huge gradient.
+    valid = union > torch.finfo(union.dtype).eps
+    return torch.where(valid, intersection / torch.where(valid, union, torch.ones_like(union)), torch.zeros_like(union))
+
+
+def rotated_iou_3d(boxes1: torch.Tensor, boxes2: torch.Tensor, *, compiled: bool = False) -> torch.Tensor:
+    """Exact IoU of paired rotated 3D boxes, differentiable (heading included).
+
+    ``IoU = I / U`` with ``I`` the volume of the intersection (BEV polygon area times z-overlap) and
+    ``U = V1 + V2 - I``. Boxes whose union is below machine epsilon (e.g. two zero-size boxes) get IoU 0.
+
+    Args:
+        boxes1: ``(..., 7)`` boxes ``[x, y, z, dx, dy, dz, heading]``.
+        boxes2: ``(..., 7)`` boxes, broadcastable with ``boxes1``.
+        compiled: see :func:`rotated_overlap_3d`.
+
+    Returns:
+        ``(...)`` IoU in ``[0, 1]``.
+
+    Example:
+        >>> a = torch.tensor([0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0])
+        >>> rotated_iou_3d(a, a + torch.tensor([1.0, 0, 0, 0, 0, 0, 0]))  # shifted by 1 m along x: 3/5
+        tensor(0.6000)
+    """
+    return _safe_ratio(*rotated_overlap_3d(boxes1, boxes2, compiled=compiled))
+
+
+def rotated_iou_bev(boxes1: torch.Tensor, boxes2: torch.Tensor, *, compiled: bool = False) -> torch.Tensor:
+    """Exact IoU of the paired boxes' BEV rectangles (z and dz ignored); as :func:`rotated_iou_3d`."""
+    return _safe_ratio(*rotated_overlap_bev(boxes1, boxes2, compiled=compiled))
+
+
+def _iou_matrix(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, use_height: bool, block_elements: int, pair_chunk: int
+) -> torch.Tensor:
+    check_boxes("boxes1", boxes1)
+    check_boxes("boxes2", boxes2)
+    if boxes1.dim() != 2 or boxes2.dim() != 2:
+        raise ValueError(f"expected boxes1 (N, 7) and boxes2 (M, 7), got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
+    if boxes1.device != boxes2.device:
+        raise ValueError(f"boxes1 and boxes2 must be on the same device, got {boxes1.device} and {boxes2.device}")
+    if block_elements < 1 or pair_chunk < 1:
+        raise ValueError(f"block_elements and pair_chunk must be positive, got {block_elements} and {pair_chunk}")
+    boxes1, boxes2 = _float_for_geometry(boxes1), _float_for_geometry(boxes2)
+    dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
+    boxes1, boxes2 = boxes1.to(dtype), boxes2.to(dtype)
+    n, m = boxes1.shape[0], boxes2.shape[0]
+    result = boxes1.new_zeros(n, m)
+    if n == 0 or m == 0:
+        return result
+    kernel = _overlap_3d_kernel if use_height else _overlap_bev_kernel
+    radius1 = torch.hypot(boxes1[:, 3].clamp_min(0), boxes1[:, 4].clamp_min(0)) / 2
+    radius2 = torch.hypot(boxes2[:, 3].clamp_min(0), boxes2[:, 4].clamp_min(0)) / 2
+    rows = max(1, block_elements // m)
+    for start in range(0, n, rows):
+        block = boxes1[start:start + rows]
+        # Bounding-circle (and z-interval) prefilter: exact IoU only for pairs that can overlap.
+        distance = torch.cdist(block[:, :2], boxes2[:, :2])
+        candidate = distance <= radius1[start:start + rows, None] + radius2[None, :]
+        if use_height:
+            gap = (block[:, None, 2] - boxes2[None, :, 2]).abs()
+            candidate &= gap <= (block[:, None, 5].clamp_min(0) + boxes2[None, :, 5].clamp_min(0)) / 2
+        index1, index2 = candidate.nonzero(as_tuple=True)
+        for pair_start in range(0, index1.numel(), pair_chunk):
+            i = index1[pair_start:pair_start + pair_chunk]
+            j = index2[pair_start:pair_start + pair_chunk]
+            result[start + i, j] = _safe_ratio(*kernel(block[i], boxes2[j]))
+    return result
+
+
+@torch.no_grad()
+def rotated_iou_3d_matrix(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, *, block_elements: int = 1 << 22, pair_chunk: int = 1 << 16
+) -> torch.Tensor:
+    """All-pairs exact 3D IoU, without gradient (for NMS, target assignment and evaluation).
+
+    Memory stays bounded: rows are processed in blocks of ``block_elements // M`` rows, a bounding-circle and
+    z-interval prefilter discards pairs that cannot overlap, and the exact IoU runs on at most ``pair_chunk``
+    candidate pairs at a time. The output itself is ``N * M`` floats.
+
+    Args:
+        boxes1: ``(N, 7)`` boxes.
+        boxes2: ``(M, 7)`` boxes.
+
+    Returns:
+        ``(N, M)`` IoU matrix, float32 for half inputs, else the promoted input dtype.
+    """
+    return _iou_matrix(boxes1, boxes2, True, block_elements, pair_chunk)
+
+
+@torch.no_grad()
+def rotated_iou_bev_matrix(
+    boxes1: torch.Tensor, boxes2: torch.Tensor, *, block_elements: int = 1 << 22, pair_chunk: int = 1 << 16
+) -> torch.Tensor:
+    """All-pairs exact BEV IoU, without gradient; as :func:`rotated_iou_3d_matrix`."""
+    return _iou_matrix(boxes1, boxes2, False, block_elements, pair_chunk)
