@@ -107,10 +107,18 @@ class SeededSampleDataset(Dataset):
             raise TypeError(f"SeededSampleDataset expects (epoch, index) keys from ResumableSampler, got {key!r}")
         epoch, index = key
         seed = sample_seed(self.seed, epoch, index)
+        # Seed for this item only, then put the caller's generators back: with workers=0 the loader runs in the
+        # training process, whose RNG streams (dropout, ...) must not depend on data loading.
+        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
-        return self.dataset[index]
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
 
     def __getattr__(self, name: str):
         if name in ("dataset", "seed"):
@@ -133,6 +141,9 @@ def make_epoch_loader(dataset: Dataset, *, batch_size: int, seed: int = 0, worke
         sampler.set_epoch(epoch)
         sampler.skip_batches(skip_batches)
         return torch.utils.data.DataLoader(wrapped, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                           collate_fn=collate_fn, pin_memory=pin_memory, drop_last=False)
+                                           collate_fn=collate_fn, pin_memory=pin_memory, drop_last=False,
+                                           # its own generator: creating the iterator must not draw from the
+                                           # global torch RNG, or a mid-epoch resume would shift that stream
+                                           generator=torch.Generator().manual_seed(seed * 100003 + epoch))
 
     return loader_for_epoch, sampler.batches_per_epoch()
