@@ -402,15 +402,16 @@ def test_autocast_bfloat16_computes_in_float32(device, kind):
                              f"rotated_iou_{kind} under bfloat16 autocast")
 
 
+@pytest.mark.parametrize("grad_rescale", [False, True], ids=["plain", "grad_rescale"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("device", DEVICES)
-def test_gciou_loss_is_finite_on_hard_cases(device, dtype):
+def test_gciou_loss_is_finite_on_hard_cases(device, dtype, grad_rescale):
     """The loss that trains on these boxes keeps values and gradients finite too."""
     from pcdet_gciou.losses import gciou_loss
 
     names, boxes1, boxes2 = all_hard_pairs(dtype, device)
     pred = boxes1.detach().clone().requires_grad_(True)
-    loss = gciou_loss(pred, boxes2)
+    loss = gciou_loss(pred, boxes2, grad_rescale=grad_rescale)
     assert loss.shape == (len(names),)
     bad_values = [names[i] for i in torch.nonzero(~torch.isfinite(loss)).flatten().tolist()]
     assert not bad_values, f"non-finite GCIoU loss for {bad_values}"
