@@ -179,6 +179,7 @@ def bench_paired(device: torch.device, sizes, repeats: int, dtype: torch.dtype, 
         for label, step, compiled in cases:
             note = ""
             try:
+                step()  # first call outside the memory window: compilation and caches are not the row's cost
                 with PeakMemory(device) as memory:
                     times = time_repeats(step, repeats, device)
             except Exception as exc:  # a compile failure falls back to eager; anything else is re-raised

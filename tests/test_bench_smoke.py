@@ -45,3 +45,27 @@ def test_bench_rejects_bad_thread_count():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "--threads must be >= 1, got 0" in result.stderr
+
+
+def test_bench_falls_back_to_eager_when_compilation_fails(monkeypatch):
+    """A failing compiled path is reported and timed eagerly instead of aborting the benchmark."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_iou", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_iou", bench)  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+
+    def broken_compiled(boxes1, boxes2):
+        raise RuntimeError("backend compiler failed (simulated)")
+
+    monkeypatch.setattr(bench, "iou_functions",
+                        lambda use_compile: [("rotated_iou_3d", bench.rotated_iou_3d), ("compiled", broken_compiled)])
+    rows = bench.bench_paired(torch.device("cpu"), [64], repeats=1, dtype=torch.float32, use_compile=True)
+    by_name = {row.benchmark: row for row in rows}
+    assert by_name["compiled fwd"].note == "compile failed -> eager"
+    assert by_name["compiled fwd+bwd"].note == "compile failed -> eager"
+    assert all(t > 0 for t in by_name["compiled fwd+bwd"].times_s)
+    assert by_name["rotated_iou_3d fwd"].note == ""
