@@ -142,7 +142,9 @@ def time_repeats(step, repeats: int, device: torch.device) -> list[float]:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return (isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
+            or "out of memory" in text or "can't allocate memory" in text)  # CUDA / CPU allocator wording
 
 
 def iou_functions(use_compile: bool):
