@@ -22,8 +22,10 @@ import tqdm
 
 from .checkpoint import (
     CHECKPOINT_VERSION,
+    ConfigMismatchError,
     atomic_torch_save,
     capture_rng_state,
+    config_differences,
     load_checkpoint,
     prune_checkpoints,
     restore_rng_state,
@@ -77,6 +79,8 @@ class Trainer:
             epoch checkpoint (0 disables).
         rank: process rank; only rank 0 writes files and shows the progress bar.
         logger: text logger.
+        progress: show a tqdm bar (total iterations, ETA) on rank 0.
+        extra_state: small picklable dict stored under ``"extra"`` in every checkpoint (e.g. the data seed).
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class Trainer:
         rank: int = 0,
         logger: logging.Logger | None = None,
         progress: bool = True,
+        extra_state: Mapping[str, Any] | None = None,
     ):
         if iters_per_epoch < 1 or total_epochs < 1:
             raise ValueError(f"iters_per_epoch and total_epochs must be >= 1, got {iters_per_epoch}, {total_epochs}")
@@ -123,6 +128,7 @@ class Trainer:
         self.rank = rank
         self.logger = logger or logging.getLogger("pcdet_gciou")
         self.progress = progress
+        self.extra_state = dict(extra_state or {})
         self.state = TrainState()
         self._saved_at_iter: int | None = None
 
@@ -143,6 +149,7 @@ class Trainer:
             "iters_per_epoch": self.iters_per_epoch,
             "rng_state": capture_rng_state(),
             "config": self.config,
+            "extra": self.extra_state,
         }
 
     def save(self, name: str) -> Path | None:
@@ -152,9 +159,20 @@ class Trainer:
             return None
         return atomic_torch_save(self.state_dict(), self.ckpt_dir / name)
 
-    def resume(self, path: str | Path) -> TrainState:
-        """Restore everything from a checkpoint of the same config; raises ConfigMismatchError otherwise."""
-        ckpt = load_checkpoint(path, expected_config=self.config)
+    def resume(self, checkpoint: str | Path | Mapping[str, Any], source: str | Path | None = None) -> TrainState:
+        """Restore everything from a checkpoint (a path, or a dict from :func:`load_checkpoint`) of the same config.
+
+        Raises:
+            ConfigMismatchError: the checkpoint's config differs (see :func:`load_checkpoint`).
+            ValueError: the checkpoint has another number of iterations per epoch.
+        """
+        if isinstance(checkpoint, Mapping):
+            ckpt, path = checkpoint, source or "<checkpoint dict>"
+            diffs = config_differences(ckpt.get("config", {}), self.config)
+            if diffs:
+                raise ConfigMismatchError(f"refusing to resume from {path}: different config:\n  " + "\n  ".join(diffs))
+        else:
+            ckpt, path = load_checkpoint(checkpoint, expected_config=self.config), checkpoint
         if ckpt.get("iters_per_epoch", self.iters_per_epoch) != self.iters_per_epoch:
             raise ValueError(
                 f"{path} was written with {ckpt['iters_per_epoch']} iterations per epoch, this run has "
