@@ -19,7 +19,9 @@ What :func:`install` does:
 - swaps CPU versions written with :mod:`pcdet_gciou.geometry` into ``pcdet.ops.iou3d_nms.iou3d_nms_utils``
   (``nms_gpu``, ``nms_normal_gpu``, ``boxes_iou_bev``, ``boxes_iou3d_gpu``, ``boxes_aligned_iou3d_gpu``,
   ``paired_boxes_iou3d_gpu``, ``boxes_bev_iou_cpu``) and ``pcdet.ops.roiaware_pool3d.roiaware_pool3d_utils``
-  (``points_in_boxes_cpu``, ``points_in_boxes_gpu``) as those modules are imported;
+  (``points_in_boxes_cpu``, ``points_in_boxes_gpu``), and pure-torch PointNet++ ops (FPS, ball query,
+  grouping, three-NN interpolation, :mod:`.pointnet2_stack`) into
+  ``pcdet.ops.pointnet2.pointnet2_stack.pointnet2_utils``, as those modules are imported;
 - serves :mod:`.kitti_rotate_iou` as the KITTI evaluator's numba.cuda ``rotate_iou`` module;
 - registers importable-but-unusable placeholders for ``torchvision`` and ``av2`` when importing them fails,
   and for ``pcdet.datasets.argo2.argo2_dataset`` when that module fails to import;

@@ -30,7 +30,7 @@ OPTIONAL_PACKAGES = ("torchvision", "av2")
 
 
 def _box_op_patches() -> dict[str, dict[str, Callable]]:
-    from . import box_ops
+    from . import box_ops, pointnet2_stack
 
     return {
         "pcdet.ops.iou3d_nms.iou3d_nms_utils": {
@@ -41,6 +41,7 @@ def _box_op_patches() -> dict[str, dict[str, Callable]]:
         "pcdet.ops.roiaware_pool3d.roiaware_pool3d_utils": {
             name: getattr(box_ops, name) for name in ("points_in_boxes_cpu", "points_in_boxes_gpu")
         },
+        "pcdet.ops.pointnet2.pointnet2_stack.pointnet2_utils": pointnet2_stack.PATCHES,
     }
 
 
