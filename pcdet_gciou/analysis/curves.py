@@ -247,6 +247,7 @@ def plot_runs(runs: Sequence[RunCurves], out_dir: Path, *, smoothing: float = 0.
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -298,6 +299,7 @@ def plot_runs(runs: Sequence[RunCurves], out_dir: Path, *, smoothing: float = 0.
                         ax.plot(entry[0], entry[1], marker="o", markersize=3, color=colours[j % len(colours)],
                                 label=run.label)
                 ax.set_title(f"{cls} {metric} AP, {difficulty}, {recall}", fontsize=9)
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_xlabel("epoch", fontsize=8)
                 ax.set_ylabel("AP (%)", fontsize=8)
                 ax.grid(alpha=0.3)

@@ -266,7 +266,8 @@ def plot_scenario(result: ScenarioResult, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     groups = result.problem.group_names
-    fig, axes = plt.subplots(len(groups), len(_PANELS), figsize=(13, 2.6 * len(groups) + 0.8), squeeze=False)
+    height = 2.6 * len(groups) + 1.1
+    fig, axes = plt.subplots(len(groups), len(_PANELS), figsize=(13, height), squeeze=False)
     steps = torch.arange(result.history.shape[0])
     for g, group in enumerate(groups):
         mean = result.history[:, :, result.problem.group == g, :].double().mean(dim=2)
@@ -288,6 +289,6 @@ def plot_scenario(result: ScenarioResult, path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(f"{result.scenario.title} — {result.param} parameters, {result.optimizer} lr {result.lr:g}",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.07 if len(groups) == 1 else 0.04, 1, 0.96))
+    fig.tight_layout(rect=(0, 0.6 / height, 1, 1 - 0.3 / height))  # room for the legend and the title
     fig.savefig(path, dpi=64)
     plt.close(fig)
