@@ -167,3 +167,40 @@ def test_second_gciou_trains_and_evaluates(pipeline):
     assert {(r["class"], r["recall"]) for r in rows} == {(c, r) for c in CLASSES for r in ("R11", "R40")}
     tags = {r["tag"] for r in read_metrics(run_dir / "metrics.csv")}
     assert {"train/rpn_loss_loc", "train/rpn_iou_pos", "train/lr"} <= tags
+
+
+@pytest.mark.pcdet
+@pytest.mark.slow
+def test_r11_and_r40_reduce_the_official_curves(pipeline):
+    """Perfect detections on the real val frames: with n ground truths of a class/difficulty, the evaluator's
+    41-point precision curve is 1 at its first n points and 0 after, so R40 = (n - 1) / 40 and R11 = ceil(n / 4) / 11.
+    n is recovered from the evaluator's own R40 dict, an independent path through its code."""
+    import copy
+    import math
+    import pickle
+
+    import numpy as np
+    from pcdet.datasets.kitti.kitti_object_eval_python import eval as kitti_eval
+
+    from pcdet_gciou.openpcdet.kitti_eval import kitti_ap_rows
+
+    with open(pipeline["tree"] / "kitti_infos_val.pkl", "rb") as handle:
+        gt_annos = [info["annos"] for info in pickle.load(handle)]
+    fields = ("name", "truncated", "occluded", "alpha", "bbox", "dimensions", "location", "rotation_y")
+    det_annos = []
+    for anno in gt_annos:
+        keep = anno["name"] != "DontCare"
+        det = {key: anno[key][keep] for key in fields}
+        det["score"] = np.linspace(0.9, 0.5, int(keep.sum()))
+        det_annos.append(det)
+    _, rows = kitti_ap_rows(gt_annos, det_annos, list(CLASSES))
+    _, official = kitti_eval.get_official_eval_result(copy.deepcopy(gt_annos), copy.deepcopy(det_annos), list(CLASSES))
+    official_name = {"3d": "3d", "bev": "bev", "bbox": "image", "aos": "aos"}
+    assert len(rows) == 3 * 4 * 3 * 2
+    for row in rows:
+        r40 = official[f"{row['class']}_{official_name[row['metric']]}/{row['difficulty']}_R40"]
+        n = round(r40 * 40 / 100) + 1
+        expected = r40 if row["recall"] == "R40" else math.ceil(n / 4) / 11 * 100
+        assert row["ap"] == pytest.approx(expected), row
+    car_moderate = {r["recall"]: r["ap"] for r in rows if (r["class"], r["metric"], r["difficulty"]) == ("Car", "3d", "moderate")}
+    assert car_moderate == pytest.approx({"R11": 100 / 11, "R40": 7.5})  # 4 moderate Cars in mini-val

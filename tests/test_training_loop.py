@@ -59,14 +59,15 @@ class TinyNet(torch.nn.Module):
 
 
 def mse_step(model, batch):
-    x, y = batch
+    device = next(model.parameters()).device
+    x, y = (t.to(device) for t in batch)
     loss = torch.nn.functional.mse_loss(model(x), y)
     return loss, {"loss_mse": loss.item()}
 
 
-def make_trainer(run_dir, config=CONFIG, max_iters=None, epochs=3, seed_model=0, **kwargs):
+def make_trainer(run_dir, config=CONFIG, max_iters=None, epochs=3, seed_model=0, device="cpu", **kwargs):
     torch.manual_seed(seed_model)
-    model = TinyNet()
+    model = TinyNet().to(device)
     loader_for_epoch, iters = make_epoch_loader(NoisyDataset(), batch_size=3, seed=7)  # 3 + 3 + 2
     opt = build_optimizer(model, config["OPTIMIZATION"])
     sched = build_scheduler(opt, config["OPTIMIZATION"], total_iters=iters * epochs, iters_per_epoch=iters)
@@ -78,13 +79,14 @@ def make_trainer(run_dir, config=CONFIG, max_iters=None, epochs=3, seed_model=0,
     return trainer, metrics
 
 
-def test_resume_is_identical_to_uninterrupted_run(tmp_path):
-    full, full_metrics = make_trainer(tmp_path / "full")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_resume_is_identical_to_uninterrupted_run(tmp_path, device):
+    full, full_metrics = make_trainer(tmp_path / "full", device=device)
     full.fit()
     full_metrics.close()
 
     # Interrupted twice: mid-epoch (iteration 4 of 9, epoch 2 of 3) and at an epoch boundary (iteration 6).
-    part, metrics = make_trainer(tmp_path / "part", max_iters=4)
+    part, metrics = make_trainer(tmp_path / "part", max_iters=4, device=device)
     state = part.fit()
     metrics.close()
     assert (state.epoch, state.global_iter) == (1, 4)
@@ -95,7 +97,7 @@ def test_resume_is_identical_to_uninterrupted_run(tmp_path):
 
     torch.manual_seed(1234)  # scramble the RNGs: resume must restore them
     np.random.seed(1234)
-    part, metrics = make_trainer(tmp_path / "part", max_iters=6, seed_model=99, resume_step=4)
+    part, metrics = make_trainer(tmp_path / "part", max_iters=6, seed_model=99, resume_step=4, device=device)
     part.resume(tmp_path / "part" / "ckpt" / LATEST_CHECKPOINT)
     assert part.optimizer.param_groups[0]["lr"] == pytest.approx(read_lr(tmp_path / "full", step=5))
     state = part.fit()
@@ -103,7 +105,7 @@ def test_resume_is_identical_to_uninterrupted_run(tmp_path):
     assert (state.epoch, state.global_iter) == (2, 6)
     assert not (tmp_path / "part" / "ckpt" / LATEST_CHECKPOINT).exists()  # superseded by checkpoint_epoch_2
 
-    part, metrics = make_trainer(tmp_path / "part", seed_model=5, resume_step=6)
+    part, metrics = make_trainer(tmp_path / "part", seed_model=5, resume_step=6, device=device)
     part.resume(tmp_path / "part" / "ckpt" / "checkpoint_epoch_2.pth")
     part.fit()
     metrics.close()
