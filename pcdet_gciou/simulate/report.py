@@ -253,6 +253,7 @@ _STYLE = {
     "giou": ("tab:olive", "-"), "diou": ("tab:cyan", "-"), "odiou": ("tab:purple", "-"),
     "rdiou": ("tab:brown", "-"), "gciou_f": ("tab:green", ":"), "gciou_g": ("tab:orange", ":"),
     "gciou_fg": ("tab:red", "-"), "gciou_fg_gr": ("black", "-."),
+    "gciou_fg_exp": ("tab:pink", "-"),
 }
 _PANELS = (("iou", "mean 3D IoU", False, 1.0), ("centre_error_rel", "centre error / BEV diagonal", True, 1.0),
            ("size_error_rel", "relative size error", True, 1.0), ("angle_error", "angle error (deg)", True, 180 / math.pi))
