@@ -21,7 +21,7 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,8 @@ from .logs import MetricsLogger, append_eval_rows, create_logger, evaluated_chec
 from .loop import LATEST_CHECKPOINT, Trainer
 from .optim import build_optimizer, build_scheduler
 
-__all__ = ["train_main", "test_main", "prepare_kitti_main", "run_dir_for", "parse_train_args", "parse_test_args"]
+__all__ = ["iter_new_checkpoints", "parse_test_args", "parse_train_args", "prepare_kitti_main", "run_dir_for",
+           "test_main", "train_main"]
 
 FIXED_SEED = 666  # OpenPCDet's --fix_random_seed value
 
@@ -322,22 +323,41 @@ def test_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else run_dir / "ckpt"
     if not ckpt_dir.is_dir() and not args.wait:
         raise SystemExit(f"error: checkpoint folder {ckpt_dir} does not exist")
-    last_new = time.monotonic()
+    eval_csv = run_dir / "eval_results.csv"
+    for path in iter_new_checkpoints(ckpt_dir, lambda: evaluated_checkpoints(eval_csv), wait=args.wait,
+                                     max_waiting_s=args.max_waiting_mins * 60, poll_s=args.wait_interval,
+                                     on_idle=lambda: logger.info(f"waiting for new checkpoints in {ckpt_dir} ...")):
+        evaluate(path)
+        evaluated.append(path.name)
+    if not evaluated:
+        logger.info(f"no new checkpoint to evaluate in {ckpt_dir} (already evaluated: "
+                    f"{sorted(evaluated_checkpoints(eval_csv))})")
+    return {"run_dir": run_dir, "evaluated": evaluated}
+
+
+def iter_new_checkpoints(ckpt_dir: Path, already_done: Callable[[], set[str]], *, wait: bool, max_waiting_s: float,
+                         poll_s: float, on_idle: Callable[[], None] = lambda: None,
+                         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+    """Yield ``checkpoint_epoch_N.pth`` files of ``ckpt_dir`` in epoch order whose names ``already_done()`` lacks.
+
+    Without ``wait`` one pass is made. With ``wait`` the folder is polled every ``poll_s`` seconds until
+    ``max_waiting_s`` pass without a new checkpoint (checkpoints are written atomically, so a listed file is
+    complete).
+    """
+    last_new = clock()
+    yielded: set[str] = set()
     while True:
-        done = evaluated_checkpoints(run_dir / "eval_results.csv")
+        done = already_done() | yielded
         pending = [p for p in list_epoch_checkpoints(ckpt_dir) if p.name not in done]
         for path in pending:
-            evaluate(path)
-            evaluated.append(path.name)
-            last_new = time.monotonic()
-        if not args.wait or time.monotonic() - last_new > args.max_waiting_mins * 60:
-            break
+            yield path
+            yielded.add(path.name)
+            last_new = clock()
+        if not wait or clock() - last_new > max_waiting_s:
+            return
         if not pending:
-            logger.info(f"waiting for new checkpoints in {ckpt_dir} ...")
-            time.sleep(args.wait_interval)
-    if not evaluated:
-        logger.info(f"no new checkpoint to evaluate in {ckpt_dir} (already evaluated: {sorted(done)})")
-    return {"run_dir": run_dir, "evaluated": evaluated}
+            on_idle()
+            sleep(poll_s)
 
 
 # ---------------------------------------------------------------------------------------------------- prepare
