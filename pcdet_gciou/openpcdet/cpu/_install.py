@@ -160,7 +160,11 @@ def _replace_with_argo2_placeholder(module: types.ModuleType, exc: BaseException
 
 def _register_missing_packages() -> None:
     for package in OPTIONAL_PACKAGES:
-        if package in sys.modules and not isinstance(sys.modules[package], placeholders.PackagePlaceholder):
+        loaded = sys.modules.get(package)
+        if isinstance(loaded, placeholders.PackagePlaceholder):  # from an earlier install()
+            _State.missing_packages[package] = loaded._reason
+            continue
+        if loaded is not None:
             continue
         try:
             importlib.import_module(package)
