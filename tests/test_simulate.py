@@ -123,6 +123,8 @@ def test_cli_writes_outputs_that_parse(tmp_path, capsys):
     assert all(0.0 <= float(r["iou"]) <= 1.0 and math.isfinite(float(r["angle_error"])) for r in rows)
     report = (out / "report.md").read_text()
     assert "steps to IoU 0.9" in report and "scenario_large_angle.png" in report
+    assert "{" not in report  # every template field was filled
+    assert "Fig. 1b" in report and "Prob. 2" in report  # the paper's claims are checked when their losses ran
     for name in ("scenario_large_angle.png", "scenario_scale.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "scenario_kitti.png").exists()
