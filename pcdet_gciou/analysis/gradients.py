@@ -169,6 +169,12 @@ def write_gradient_figures(out_dir, *, n_angles: int = 301, scales: Sequence[flo
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for name, values in sizes.items():
         ax.loglog(scale_t, values, marker="o", label=name)
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
+    ax.xaxis.set_major_locator(FixedLocator(scale_t.tolist()))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticklabels([f"{s:g}" for s in scale_t.tolist()])
     ax.set_xlabel("object scale s (car = 1)")
     ax.set_ylabel("|dL/d(dx, dy, dz)|")
     ax.set_title("size gradient vs scale (pair turned by 1 rad)", fontsize=9)
