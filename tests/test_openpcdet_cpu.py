@@ -19,7 +19,7 @@ import pytest
 import torch
 from shapely.geometry import Polygon
 
-from pcdet_gciou.openpcdet.cpu import box_ops, pointnet2_stack
+from pcdet_gciou.openpcdet.cpu import box_ops, placeholders, pointnet2_stack
 from pcdet_gciou.openpcdet.cpu.kitti_rotate_iou import rotate_iou_gpu_eval
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -351,10 +351,31 @@ def test_pcdet_functions_are_replaced_and_missing_ops_raise_clearly():
     assert iou3d_nms_utils.boxes_iou3d_gpu is box_ops.boxes_iou3d_gpu
     assert roiaware_pool3d_utils.points_in_boxes_cpu is box_ops.points_in_boxes_cpu
     assert pointnet2_utils.ball_query is pointnet2_stack.ball_query
+    from pcdet.datasets.argo2 import argo2_dataset
+
+    try:
+        import av2  # noqa: F401
+    except ImportError:
+        pytest.fail("cpu.install() should make av2 importable (as a placeholder) when it is missing")
+    if isinstance(sys.modules["av2"], placeholders.PackagePlaceholder):
+        with pytest.raises(ImportError, match="Argo2Dataset is unavailable"):
+            argo2_dataset.Argo2Dataset(dataset_cfg=None, class_names=[])
     if torch.cuda.is_available():
         pytest.skip("the placeholder extensions are only served when no built extension is found")
     with pytest.raises(NotImplementedError, match="pointnet2_batch_cuda.furthest_point_sampling_wrapper"):
         pointnet2_batch_cuda.furthest_point_sampling_wrapper(1, 2, 3)
+
+
+def test_package_placeholder_imports_but_refuses_use():
+    package = placeholders.PackagePlaceholder("somepackage", "ModuleNotFoundError: no module named somepackage")
+    transform = package.transforms.Compose  # attribute chains resolve, like `torchvision.transforms.Compose`
+    with pytest.raises(ImportError, match="somepackage.transforms.Compose is unavailable: ModuleNotFound"):
+        transform([])
+    with pytest.raises(AttributeError):
+        package.__wrapped__
+    extension = placeholders.ExtensionPlaceholder("pkg.some_cuda")
+    with pytest.raises(NotImplementedError, match="pkg.some_cuda.nms_gpu is not available"):
+        extension.nms_gpu(1)
 
 
 def openpcdet_tools_dir() -> pathlib.Path:
