@@ -29,7 +29,7 @@ ARGO2_DATASET_MODULE = "pcdet.datasets.argo2.argo2_dataset"
 OPTIONAL_PACKAGES = ("torchvision", "av2")
 
 
-def _box_op_patches() -> dict[str, dict[str, Callable]]:
+def _cpu_op_patches() -> dict[str, dict[str, Callable]]:
     from . import box_ops, pointnet2_stack
 
     return {
@@ -208,7 +208,7 @@ def install() -> None:
     with _State.lock:
         if _State.finder is not None:
             return
-        patches = _box_op_patches()
+        patches = _cpu_op_patches()
         _register_missing_packages()
         if not torch.cuda.is_available():
             _patch_cuda_calls()
