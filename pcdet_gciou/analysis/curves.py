@@ -264,7 +264,8 @@ def plot_runs(runs: Sequence[RunCurves], out_dir: Path, *, smoothing: float = 0.
                     continue
                 colour = colours[j % len(colours)]
                 ax.plot(series.steps, series.values, color=colour, alpha=0.2, linewidth=0.8)
-                ax.plot(series.steps, ema(series.values, smoothing), color=colour, linewidth=1.4, label=run.label)
+                ax.plot(series.steps, ema(series.values, smoothing), color=colour, linewidth=1.4, label=run.label,
+                        marker="o" if len(series.steps) < 20 else None, markersize=3)  # short runs stay visible
             ax.set_title(tag, fontsize=9)
             ax.set_xlabel("iteration", fontsize=8)
             ax.set_ylabel(ylabel_of(tag), fontsize=8)
