@@ -81,6 +81,8 @@ def test_bad_values_raise():
         _run(["kitti"], ["iou"], param="polar")
     with pytest.raises(ValueError, match="lr"):
         _run(["kitti"], ["iou"], lr=float("nan"))
+    with pytest.raises(TypeError, match="Scenario"):
+        run_simulation(["kitti"], ["iou"], steps=1, boxes_per_group=1, seed=0)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -92,6 +92,9 @@ def run_simulation(
         raise ValueError(f"boxes_per_group must be a positive integer, got {boxes_per_group!r}")
     if not scenarios:
         raise ValueError("scenarios must not be empty")
+    for scenario in scenarios:
+        if not isinstance(scenario, Scenario):
+            raise TypeError(f"scenarios must be Scenario objects (see resolve_scenario), got {scenario!r}")
     if not losses:
         raise ValueError("losses must not be empty")
     objectives = [build_objective(name) for name in losses]
