@@ -4,6 +4,7 @@ The pcdet-marked tests skip without an importable OpenPCDet. They run few iterat
 (a quarter of the BEV grid) to stay within a few minutes on two cores; they check plumbing, not AP values.
 """
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -204,3 +205,22 @@ def test_r11_and_r40_reduce_the_official_curves(pipeline):
         assert row["ap"] == pytest.approx(expected), row
     car_moderate = {r["recall"]: r["ap"] for r in rows if (r["class"], r["metric"], r["difficulty"]) == ("Car", "3d", "moderate")}
     assert car_moderate == pytest.approx({"R11": 100 / 11, "R40": 7.5})  # 4 moderate Cars in mini-val
+
+
+@pytest.mark.pcdet
+@pytest.mark.slow
+def test_torchrun_launcher_two_processes(pipeline, tmp_path):
+    """``torchrun --nproc_per_node=2 tools/train.py --launcher pytorch`` (gloo on CPU): rank 0 alone writes files."""
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(REPO / "tools" / "train.py"), "--launcher", "pytorch",
+         *_common("pointpillar_gciou", pipeline["tree"], out), "--batch_size", "2", "--epochs", "1",
+         "--max_iters", "2", *_sets("pointpillar_gciou")],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = out / "pointpillar_gciou" / "default"
+    assert "2 process(es), 1 frames per process" in result.stdout
+    assert [p.name for p in (run_dir / "ckpt").iterdir()] == ["latest_model.pth"]
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.csv") if r["tag"] == "train/loss"] == [1, 2]
+    assert len(list(run_dir.glob("log_train_*.txt"))) == 1

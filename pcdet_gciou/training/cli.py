@@ -193,6 +193,10 @@ def train_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"error: {exc}") from None
     extra = (resume_ckpt or {}).get("extra", {})
     data_seed = int(extra.get("data_seed", FIXED_SEED if args.fix_random_seed else random.SystemRandom().randrange(2**31)))
+    if world_size > 1:  # every rank must shard the same permutation
+        shared = [data_seed]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        data_seed = int(shared[0])
     if args.fix_random_seed:
         _seed_everything(FIXED_SEED)
         torch.backends.cudnn.deterministic = True
