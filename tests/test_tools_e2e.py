@@ -66,7 +66,10 @@ def pipeline(kitti_mini_tree, tmp_path_factory):
         "ckpts": sorted(p.name for p in (run_dir / "ckpt").iterdir()),
         "metrics": read_metrics(run_dir / "metrics.csv"),
     }
-    resumed = train_main(train + ["--ckpt", str(run_dir / "ckpt" / "latest_model.pth")] + _sets("pointpillar_gciou"))
+    # --eval_interval 2: the in-training evaluation covers epoch 2 only, so --eval_all below must add epoch 1 alone
+    resumed = train_main(train + ["--ckpt", str(run_dir / "ckpt" / "latest_model.pth"), "--eval_interval", "2"]
+                         + _sets("pointpillar_gciou"))
+    eval_during_training = {r["checkpoint"] for r in _eval_rows(run_dir)}
     evaluation = subprocess.run(
         [sys.executable, str(REPO / "tools" / "test.py"), *_common("pointpillar_gciou", kitti_mini_tree, out),
          "--batch_size", "2", "--eval_all", *_sets("pointpillar_gciou")],
@@ -78,7 +81,7 @@ def pipeline(kitti_mini_tree, tmp_path_factory):
                             + ["--batch_size", "2", "--ckpt", str(second["run_dir"] / "ckpt" / "latest_model.pth")]
                             + _sets("second_gciou"))
     return {"tree": kitti_mini_tree, "out": out, "first": after_first, "resumed": resumed, "run_dir": run_dir,
-            "eval_log": evaluation.stdout + evaluation.stderr, "second": second, "second_eval": second_eval}
+            "eval_log": evaluation.stdout + evaluation.stderr, "eval_during_training": eval_during_training, "second": second, "second_eval": second_eval}
 
 
 def _eval_rows(run_dir):
@@ -133,6 +136,10 @@ def test_eval_all_writes_r11_and_r40_for_every_class(pipeline):
                              == (epoch, cls, metric, recall)}
                     assert found == {"easy", "moderate", "hard"}, (epoch, cls, metric, recall)
     assert all(0.0 <= float(r["ap"]) <= 100.0 for r in rows)
+    assert pipeline["eval_during_training"] == {"checkpoint_epoch_2.pth"}
+    assert "evaluation of checkpoint_epoch_1.pth" in pipeline["eval_log"]
+    assert "evaluation of checkpoint_epoch_2.pth" not in pipeline["eval_log"]  # skipped: already evaluated
+    assert any((run_dir / "tensorboard" / "eval").iterdir())
     assert (run_dir / "eval" / "epoch_1" / "val" / "result.pkl").is_file()
     assert (run_dir / "eval" / "epoch_2" / "val" / "result.pkl").is_file()
 

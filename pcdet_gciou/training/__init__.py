@@ -5,6 +5,7 @@
 - :mod:`.data`: resumable sample order and per-sample augmentation seeds.
 - :mod:`.logs`: ``metrics.csv`` / TensorBoard / ``eval_results.csv`` writers.
 - :mod:`.checkpoint`: atomic saving, loading with config check, pruning.
+- :mod:`.cli`: ``tools/train.py``, ``tools/test.py``, ``tools/prepare_kitti.py`` (run directory layout in its docstring).
 
 The OpenPCDet glue (datasets, networks, KITTI evaluation) lives in :mod:`pcdet_gciou.openpcdet`.
 """

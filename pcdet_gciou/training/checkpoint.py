@@ -154,7 +154,8 @@ def load_checkpoint(path: str | os.PathLike, expected_config: Mapping[str, Any] 
         raise ValueError(f"{path} is not a training checkpoint (expected a dict with 'model_state')")
     if expected_config is not None:
         if "config" not in ckpt:
-            raise ConfigMismatchError(f"{path} stores no config, so it cannot be checked against this run")
+            raise ConfigMismatchError(f"{path} stores no config (not written by pcdet_gciou's train.py?), so it cannot "
+                                      f"be resumed; use --pretrained_model to load only its weights")
         diffs = config_differences(ckpt["config"], expected_config)
         if diffs:
             raise ConfigMismatchError(

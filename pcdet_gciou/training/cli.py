@@ -209,6 +209,8 @@ def train_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = runtime.build_model(cfg, dataset, device)
     if args.sync_bn and world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if args.pretrained_model and resume_ckpt is not None:
+        logger.info(f"--pretrained_model ignored: resuming from {resume_path}")
     if args.pretrained_model and resume_ckpt is None:
         loaded, skipped = load_pretrained(model, args.pretrained_model)
         logger.info(f"pretrained weights from {args.pretrained_model}: {len(loaded)} tensors loaded, "
