@@ -224,7 +224,7 @@ def _coerce(key: str, text: str, current: Any) -> Any:
         if current:
             return [_coerce(f"{key}[{i}]", s, current[0]) for i, s in enumerate(items)]
         return [_parse_value(s) for s in items]
-    if current is None:
+    if current is None or value is None:  # None (YAML null) is how options are switched off, e.g. g: None
         return value
     if isinstance(current, bool):
         if isinstance(value, bool):
@@ -246,7 +246,8 @@ def apply_set_args(cfg: AttrDict, set_args: Iterable[str] | None) -> AttrDict:
     """Apply OpenPCDet-style ``--set KEY.SUB value ...`` overrides to ``cfg`` in place (and return it).
 
     Like ``pcdet.config.cfg_from_list``: every key must already exist; the value is parsed with
-    ``ast.literal_eval`` and must match the current value's type (an int is accepted for a float);
+    ``ast.literal_eval`` and must match the current value's type (an int is accepted for a float, and
+    ``None`` for anything, since that is how options such as GCIoU's ``g`` are switched off);
     a mapping accepts ``"name:value,name:value"`` and a list accepts ``"a,b,c"`` or a literal list.
     A relative ``DATA_PATH`` is resolved against :func:`project_root`.
 

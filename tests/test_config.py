@@ -130,6 +130,30 @@ def test_apply_set_args_types_and_errors():
         apply_set_args(cfg, ["OPT.EPOCHS", "abc"])
     with pytest.raises(ValueError, match="bool"):
         apply_set_args(cfg, ["OPT.FLAG", "1"])
+    apply_set_args(cfg, ["OPT.LR", "None"])  # None switches an option off (GCIoU's alpha/g)
+    assert cfg.OPT.LR is None
+
+
+@pytest.mark.parametrize("row, options, expected", [
+    (1, {"alpha": "None", "g": "None", "grad_rescale": "False"}, "log_iou"),
+    (4, {"grad_rescale": "False"}, None),
+])
+def test_table1_ablation_rows_are_one_set_away(row, options, expected):
+    # README: the paper's Table 1 rows are --set switches of the shipped GCIoU config; row 1 (f = 1, g = 0,
+    # no rescaling) must be exactly -ln IoU.
+    import torch
+
+    from pcdet_gciou.losses import build_loss
+    cfg = load_config(REPO_ROOT / "cfgs/kitti_models/second_gciou.yaml")
+    prefix = "MODEL.DENSE_HEAD.LOSS_CONFIG.REG_LOSS."
+    apply_set_args(cfg, [item for key, value in options.items() for item in (prefix + key, value)])
+    kwargs = {k: v for k, v in cfg.MODEL.DENSE_HEAD.LOSS_CONFIG.REG_LOSS.items() if k != "NAME"}
+    loss = build_loss(cfg.MODEL.DENSE_HEAD.LOSS_CONFIG.REG_LOSS.NAME, **kwargs)
+    pred = torch.tensor([[0.2, 0.1, 0.0, 4.0, 1.7, 1.5, 0.4]])
+    target = torch.tensor([[0.0, 0.0, 0.0, 3.9, 1.6, 1.56, 0.0]])
+    assert loss.grad_rescale is False
+    if expected is not None:
+        torch.testing.assert_close(loss(pred, target), build_loss(expected)(pred, target))
 
 
 def test_config_tag_is_file_stem():
