@@ -231,3 +231,17 @@ def test_torchrun_launcher_two_processes(pipeline, tmp_path):
     assert [p.name for p in (run_dir / "ckpt").iterdir()] == ["latest_model.pth"]
     assert [r["step"] for r in read_metrics(run_dir / "metrics.csv") if r["tag"] == "train/loss"] == [1, 2]
     assert len(list(run_dir.glob("log_train_*.txt"))) == 1
+
+
+@pytest.mark.pcdet
+@pytest.mark.slow
+def test_compare_curves_reads_real_runs(pipeline, tmp_path):
+    # The analysis script on what train.py/test.py really wrote: both runs, every class, R11 and R40.
+    from pcdet_gciou.analysis.curves import compare_runs
+
+    runs, rows, text = compare_runs([pipeline["run_dir"], pipeline["second"]["run_dir"]], tmp_path / "compare")
+    assert [run.label for run in runs] == ["pointpillar_gciou", "second_gciou"]
+    pointpillar = {(r["class"], r["recall"]) for r in rows if r["run"] == "pointpillar_gciou"}
+    assert pointpillar == {(c, recall) for c in CLASSES for recall in ("R11", "R40")}
+    assert (tmp_path / "compare" / "losses.png").is_file() and (tmp_path / "compare" / "iou_pos.png").is_file()
+    assert "pointpillar_gciou" in text and "second_gciou" in text
