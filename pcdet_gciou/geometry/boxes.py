@@ -81,6 +81,9 @@ def check_box_pair(boxes1: object, boxes2: object, *, broadcast: bool = True) ->
 def check_boxes_finite(name: str, boxes: torch.Tensor) -> None:
     """Value check (synchronises with the device): finite entries and non-negative extents.
 
+    Not called by the IoU functions or the losses, which must not sync the device on every step; call it
+    when debugging a diverging run (the geometry itself treats negative extents as zero and stays finite).
+
     Raises:
         ValueError: naming the first offending box.
     """

@@ -1,4 +1,4 @@
-"""Large inputs are split into chunks of PAIRS_PER_CHUNK pairs: values and gradients must not change."""
+"""Chunking of large inputs (values and gradients must not change) and the opt-in value check."""
 import torch
 
 from pcdet_gciou.geometry import iou as iou_module
@@ -26,3 +26,18 @@ def test_chunked_values_and_gradients_equal_unchunked(monkeypatch):
     for chunked, whole in zip(chunk_bev, whole_bev):
         torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
     assert (whole_iou > 0).float().mean() > 0.1  # the pairs really overlap
+
+
+def test_check_boxes_finite_names_the_bad_box():
+    import math
+
+    import pytest
+
+    from pcdet_gciou.geometry import check_boxes_finite
+
+    good = torch.tensor([[0.0, 0, 0, 4, 2, 1.5, 0.3], [1.0, 2, 0, 0, 0, 0, 0]])
+    check_boxes_finite("pred", good)  # zero size is allowed: it is a box, just an empty one
+    with pytest.raises(ValueError, match=r"pred\[1\] = \[1.0, 2.0, 0.0, -1.0.*non-negative extents"):
+        check_boxes_finite("pred", torch.tensor([[0.0, 0, 0, 4, 2, 1.5, 0.3], [1.0, 2, 0, -1, 2, 1, 0]]))
+    with pytest.raises(ValueError, match=r"target\[0, 1\] = \[nan"):
+        check_boxes_finite("target", torch.tensor([[[0.0, 0, 0, 1, 1, 1, 0], [math.nan, 0, 0, 1, 1, 1, 0]]]))
