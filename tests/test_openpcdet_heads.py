@@ -86,6 +86,30 @@ def _residual_decode(enc, anchors):
                         enc[:, 6] + anchors[:, 6]], dim=-1)
 
 
+def test_mean_positive_iou_of_a_duck_typed_anchor_head():
+    from types import SimpleNamespace
+
+    from pcdet_gciou.openpcdet.anchor_ops import mean_positive_iou
+
+    g = torch.Generator().manual_seed(0)
+    anchors = [torch.tensor([1.0, 2.0, -1.0, 3.9, 1.6, 1.56, 0.0]).expand(1, 2, 3, 1, 2, 7).clone()]  # 12 anchors
+    targets = torch.randn(1, 12, 7, generator=g) * 0.1
+    preds = targets + torch.randn(1, 12, 7, generator=g) * 0.2
+    labels = torch.zeros(1, 12, dtype=torch.long)
+    labels[0, [1, 4, 9]] = 1
+    labels[0, 5] = -1  # ignored
+    coder = SimpleNamespace(code_size=7, decode_torch=_residual_decode)
+    head = SimpleNamespace(anchors=anchors, box_coder=coder, use_multihead=False, forward_ret_dict={
+        "box_preds": preds.view(1, 2, 3, 14), "box_cls_labels": labels, "box_reg_targets": targets})
+    flat = anchors[0].view(-1, 7)
+    index = torch.tensor([1, 4, 9])
+    expected = rotated_iou_3d(_residual_decode(preds[0, index], flat[index]), _residual_decode(targets[0, index], flat[index]))
+    assert mean_positive_iou(head) == pytest.approx(float(expected.mean()), rel=1e-6)
+    head.forward_ret_dict["box_cls_labels"] = torch.zeros_like(labels)
+    assert mean_positive_iou(head) == 0.0
+    assert mean_positive_iou(SimpleNamespace()) is None  # not an anchor head
+
+
 def _toy_anchor_grid(ny=4, nx=5):
     """(ny, nx, A=4, 7): two classes x headings (0, pi/2), 1 m cells."""
     ys, xs = torch.meshgrid(torch.arange(ny, dtype=torch.float32), torch.arange(nx, dtype=torch.float32),
@@ -322,6 +346,29 @@ def test_dense_head_loss_finite_logged_and_reaches_conv_box(pointpillar_frame, s
     assert tb["rpn_loss_loc"] == pytest.approx(float(expected), rel=1e-4)
     decoded_iou = rotated_iou_3d(_residual_decode(pred, anchors), _residual_decode(target, anchors))
     assert tb["rpn_iou_pos"] == pytest.approx(float(decoded_iou.mean()), rel=1e-4, abs=1e-6)
+
+
+@PCDET
+def test_stock_head_logs_the_same_positive_iou(pointpillar_frame):
+    # The training step logs rpn_iou_pos for OpenPCDet's own AnchorHeadSingle too (mean_positive_iou), so a
+    # baseline run and a GCIoU run plot the same quantity: with identical weights the two heads agree.
+    from pcdet.models.dense_heads import AnchorHeadSingle
+
+    from pcdet_gciou.openpcdet.anchor_ops import mean_positive_iou
+
+    cfg, dataset, batch, features = pointpillar_frame
+    ours = _head(pointpillar_frame)
+    _, tb = _run_head(ours, pointpillar_frame)
+    torch.manual_seed(0)
+    stock = AnchorHeadSingle(
+        model_cfg=load_config(MODELS_DIR / "pointpillar.yaml").MODEL.DENSE_HEAD, input_channels=features.shape[1],
+        num_class=len(cfg.CLASS_NAMES), class_names=cfg.CLASS_NAMES, grid_size=dataset.grid_size,
+        point_cloud_range=dataset.point_cloud_range, predict_boxes_when_training=False)
+    assert mean_positive_iou(stock) is None  # no training forward yet
+    stock.train()
+    stock({"spatial_features_2d": features, "gt_boxes": batch["gt_boxes"], "batch_size": 1})
+    torch.testing.assert_close(stock.conv_box.weight, ours.conv_box.weight)
+    assert 0.0 < mean_positive_iou(stock) == pytest.approx(tb["rpn_iou_pos"], rel=1e-6)
 
 
 @PCDET

@@ -6,13 +6,15 @@ with ``x_t = (x - x_a) / d_a``, ``y_t = (y - y_a) / d_a`` (``d_a`` the anchor's 
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from pcdet_gciou.geometry import rotated_iou_3d
+
 __all__ = [
-    "SIZE_LOG_CLAMP", "straight_through_clamp", "clamp_encoded_sizes", "residual_space_boxes", "shift_no_wrap",
+    "flat_anchors", "mean_positive_iou", "SIZE_LOG_CLAMP", "straight_through_clamp", "clamp_encoded_sizes", "residual_space_boxes", "shift_no_wrap",
     "heading_across_axis", "enlarge_positives", "quality_focal_loss",
 ]
 
@@ -143,6 +145,46 @@ def enlarge_positives(
         gt_boxes = decode(source_targets[added], source_anchors[added])
         new_targets[added] = encode(gt_boxes, batch_anchors[added].clone())
     return new_labels, new_targets, added
+
+
+def flat_anchors(anchors: Sequence[torch.Tensor], multihead: bool = False) -> torch.Tensor:
+    """An anchor head's per-class anchor tensors -> (N, 7), in the order of its flattened outputs and targets.
+
+    ``anchors``: OpenPCDet's ``head.anchors``, one ``(1, ny, nx, sizes, rotations, 7)`` tensor per class.
+    """
+    if multihead:
+        return torch.cat([a.permute(3, 4, 0, 1, 2, 5).reshape(-1, a.shape[-1]) for a in anchors], dim=0)
+    return torch.cat(list(anchors), dim=-3).view(-1, anchors[0].shape[-1])
+
+
+@torch.no_grad()
+def mean_positive_iou(head) -> Optional[float]:
+    """Mean 3D IoU of an anchor head's positive predictions with their ground truth, after its last training forward.
+
+    Works on any OpenPCDet anchor head with a 7-code ``ResidualCoder`` (``AnchorHeadSingle`` and ours) by duck
+    typing: both the predictions (log sizes clamped as in :func:`clamp_encoded_sizes`) and the targets are decoded
+    against their anchors, so a baseline and a GCIoU run log the same quantity. 0.0 when the batch has no
+    positives; ``None`` when ``head`` is not such a head or has no training outputs.
+    """
+    outputs = getattr(head, "forward_ret_dict", None)
+    if not isinstance(outputs, dict) or not all(k in outputs for k in ("box_preds", "box_cls_labels", "box_reg_targets")):
+        return None
+    coder = getattr(head, "box_coder", None)
+    if getattr(coder, "code_size", None) != 7 or not hasattr(head, "anchors"):
+        return None
+    labels = outputs["box_cls_labels"]
+    batch_size, num_anchors = labels.shape
+    box_preds = outputs["box_preds"]
+    if box_preds.numel() != batch_size * num_anchors * 7:
+        return None
+    positives = labels > 0
+    if not bool(positives.any()):
+        return 0.0
+    anchors = flat_anchors(head.anchors, getattr(head, "use_multihead", False)).float()
+    anchors = anchors.unsqueeze(0).expand(batch_size, -1, -1)[positives]
+    pred = coder.decode_torch(clamp_encoded_sizes(box_preds.view(batch_size, num_anchors, 7)[positives].float()), anchors)
+    target = coder.decode_torch(outputs["box_reg_targets"][positives].float(), anchors)
+    return float(rotated_iou_3d(pred, target).mean())
 
 
 def quality_focal_loss(logits: torch.Tensor, soft_targets: torch.Tensor, beta: float = 2.0) -> torch.Tensor:

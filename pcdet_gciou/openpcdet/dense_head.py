@@ -12,7 +12,8 @@ from pcdet.utils.box_coder_utils import ResidualCoder
 from pcdet_gciou.geometry import rotated_iou_3d
 from pcdet_gciou.losses import build_loss
 
-from .anchor_ops import clamp_encoded_sizes, enlarge_positives, quality_focal_loss, residual_space_boxes
+from .anchor_ops import (clamp_encoded_sizes, enlarge_positives, flat_anchors, mean_positive_iou, quality_focal_loss,
+                         residual_space_boxes)
 from .loss_config import parse_dense_loss_config
 
 __all__ = ["AnchorHeadSingleGCIoU", "QFL_SCALE"]
@@ -74,9 +75,7 @@ class AnchorHeadSingleGCIoU(AnchorHeadSingle):
 
     def _flat_anchors(self) -> torch.Tensor:
         """(N, 7) anchors in the host's flattened order (multihead layout included)."""
-        if self.use_multihead:
-            return torch.cat([a.permute(3, 4, 0, 1, 2, 5).reshape(-1, a.shape[-1]) for a in self.anchors], dim=0)
-        return torch.cat(self.anchors, dim=-3).view(-1, self.anchors[0].shape[-1])
+        return flat_anchors(self.anchors, self.use_multihead)
 
     def assign_targets(self, gt_boxes):
         targets = super().assign_targets(gt_boxes)
@@ -162,12 +161,7 @@ class AnchorHeadSingleGCIoU(AnchorHeadSingle):
         per_box = self.iou_loss_func(*self.loss_space_boxes(pred, target, anchors))
         loc_loss = (per_box * weights).sum() / batch_size * options.loc_weight
         box_loss = loc_loss
-        with torch.no_grad():
-            iou = rotated_iou_3d(*self.decode_positives(pred.detach(), target, anchors))
-        tb_dict = {
-            "rpn_loss_loc": loc_loss.item(),
-            "rpn_iou_pos": float(iou.mean()) if iou.numel() else 0.0,
-        }
+        tb_dict = {"rpn_loss_loc": loc_loss.item(), "rpn_iou_pos": mean_positive_iou(self)}
 
         box_preds = self.forward_ret_dict["box_preds"].view(batch_size, positives.shape[1], -1)
         box_reg_targets = self.forward_ret_dict["box_reg_targets"]

@@ -68,14 +68,20 @@ def _as_float(value: Any) -> float | None:
 
 def make_train_step():
     """``(model, batch) -> (loss, scalars)`` built on ``pcdet.models.model_fn_decorator`` (which moves the batch to
-    the device, runs the detector and bumps its ``global_step``); scalars are the detector's ``tb_dict``."""
+    the device, runs the detector and bumps its ``global_step``); scalars are the detector's ``tb_dict``, plus
+    ``rpn_iou_pos`` (:func:`~pcdet_gciou.openpcdet.anchor_ops.mean_positive_iou`) for heads that do not log it."""
     from pcdet.models import model_fn_decorator
+
+    from .anchor_ops import mean_positive_iou
 
     model_fn = model_fn_decorator()
 
     def train_step(model, batch):
         loss, tb_dict, _ = model_fn(model, batch)
         scalars = {key: _as_float(value) for key, value in tb_dict.items()}
+        if "rpn_iou_pos" not in scalars:  # stock anchor heads: log it too, so baseline and GCIoU curves compare
+            dense_head = getattr(getattr(model, "module", model), "dense_head", None)
+            scalars["rpn_iou_pos"] = None if dense_head is None else mean_positive_iou(dense_head)
         return loss, {key: value for key, value in scalars.items() if value is not None}
 
     return train_step
