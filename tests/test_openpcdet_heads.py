@@ -342,7 +342,8 @@ def test_dense_head_loss_finite_logged_and_reaches_conv_box(pointpillar_frame, s
     else:
         pred_boxes = torch.cat([pred[:, :1], 2 * pred[:, 1:3], pred[:, 3:6].exp(), pred[:, 6:]], dim=-1)
         target_boxes = torch.cat([target[:, :1], 2 * target[:, 1:3], target[:, 3:6].exp(), target[:, 6:]], dim=-1)
-    expected = build_loss("gciou", alpha=2.0, g="tan")(pred_boxes, target_boxes).mean() * 1.0
+    reg_loss = dict(load_config(MODELS_DIR / "pointpillar_gciou.yaml").MODEL.DENSE_HEAD.LOSS_CONFIG.REG_LOSS)
+    expected = build_loss(reg_loss.pop("NAME"), **reg_loss)(pred_boxes, target_boxes).mean() * 1.0
     assert tb["rpn_loss_loc"] == pytest.approx(float(expected), rel=1e-4)
     decoded_iou = rotated_iou_3d(_residual_decode(pred, anchors), _residual_decode(target, anchors))
     assert tb["rpn_iou_pos"] == pytest.approx(float(decoded_iou.mean()), rel=1e-4, abs=1e-6)
