@@ -516,7 +516,8 @@ def test_roi_head_iou_loss_modes(registered):
     local[:, [0, 1, 2, 6]] = 0
     pred = _residual_decode(batch["rcnn_reg"].detach()[fg], local)
     target = batch["gt_of_rois"][0][fg][:, :7]
-    expected_iou = build_loss("gciou")(pred, target).sum() / fg.sum()
+    roi_loss = dict(load_config(MODELS_DIR / "pv_rcnn_gciou.yaml").MODEL.ROI_HEAD.LOSS_CONFIG.IOU_REG_LOSS.LOSS)
+    expected_iou = build_loss(roi_loss.pop("NAME"), **roi_loss)(pred, target).sum() / fg.sum()
     # an IoU is frame-independent: the world-frame pair gives the same IoU as the canonical one
     from pcdet.utils import common_utils
 
