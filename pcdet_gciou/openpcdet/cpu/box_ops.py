@@ -7,10 +7,9 @@ this module imports only torch, numpy and that package.
 
 Boxes are ``(N, 7)`` = ``[x, y, z, dx, dy, dz, heading]`` in OpenPCDet's LiDAR convention (z = centre).
 
-Pairwise ops are sparse: most box pairs in a detector are far apart (211,200 SECOND anchors against a few
-GT boxes, thousands of NMS candidates), so exact rotated overlaps are computed only for pairs whose BEV
-circumscribed circles meet (found by a sort-and-sweep along x); every other pair has zero overlap by
-construction.
+IoU matrices are :func:`pcdet_gciou.geometry.rotated_iou_bev_matrix` / ``rotated_iou_3d_matrix``. NMS and the
+KITTI evaluator's overlaps work on a sparse pair list instead: exact rotated overlaps only for pairs whose BEV
+circumscribed circles meet (found by a sort-and-sweep along x), so NMS can walk each kept box's overlaps.
 """
 from __future__ import annotations
 
@@ -19,7 +18,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pcdet_gciou.geometry import points_in_boxes_mask, rotated_iou_3d, rotated_iou_bev
+from pcdet_gciou.geometry import (points_in_boxes_mask, rotated_iou_3d, rotated_iou_3d_matrix, rotated_iou_bev,
+                                  rotated_iou_bev_matrix)
 
 from ._sweep import x_sweep_blocks
 
@@ -116,7 +116,7 @@ def boxes_iou_bev(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     """All-pairs rotated BEV IoU ``(N, M)`` of ``(N, 7)`` and ``(M, 7)`` boxes (OpenPCDet's ``boxes_iou_bev``)."""
     _check_boxes(boxes_a, "boxes_a")
     _check_boxes(boxes_b, "boxes_b")
-    return pairwise_box_values(boxes_a, boxes_b, rotated_iou_bev, dtype=boxes_a.dtype)
+    return rotated_iou_bev_matrix(boxes_a, boxes_b).to(boxes_a.dtype)
 
 
 def boxes_bev_iou_cpu(boxes_a, boxes_b):
@@ -132,7 +132,7 @@ def boxes_iou3d_gpu(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tenso
     """All-pairs rotated 3D IoU ``(N, M)`` (OpenPCDet's ``boxes_iou3d_gpu``, on any device)."""
     _check_boxes(boxes_a, "boxes_a")
     _check_boxes(boxes_b, "boxes_b")
-    return pairwise_box_values(boxes_a, boxes_b, rotated_iou_3d, dtype=boxes_a.dtype)
+    return rotated_iou_3d_matrix(boxes_a, boxes_b).to(boxes_a.dtype)
 
 
 def paired_boxes_iou3d_gpu(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
