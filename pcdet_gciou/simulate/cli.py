@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, help="optimiser steps (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the populations (default %(default)s)")
     parser.add_argument("--losses", type=_names, default=list(DEFAULT_LOSSES),
-                        help=f"comma-separated subset of {','.join(LOSS_SPECS)} (default: all but gciou_fg_exp)")
+                        help=f"comma-separated subset of {','.join(LOSS_SPECS)} (default: all)")
     parser.add_argument("--scenarios", type=_names, default=list(SCENARIOS),
                         help=f"comma-separated subset of {','.join(SCENARIOS)} or a,b,c (default: all)")
     parser.add_argument("--boxes", type=_positive_int, default=DEFAULT_BOXES,
