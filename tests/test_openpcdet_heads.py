@@ -462,7 +462,6 @@ def test_enlarge_positives_on_real_frame(pointpillar_frame):
 # -------------------------------------------------------------------------------------- RoI head
 def _synthetic_roi_batch(num_rois=16, seed=0):
     """A forward_ret_dict like PVRCNNHead's after assign_targets, built from random RoIs/GT."""
-    from pcdet.models.roi_heads.roi_head_template import RoIHeadTemplate  # noqa: F401  (host import check)
     from pcdet.utils import common_utils
 
     gen = torch.Generator().manual_seed(seed)
