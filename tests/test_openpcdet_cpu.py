@@ -23,22 +23,15 @@ from pcdet_gciou.openpcdet.cpu import box_ops, placeholders, pointnet2_stack
 from pcdet_gciou.openpcdet.cpu.kitti_rotate_iou import rotate_iou_gpu_eval
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import box_samples  # noqa: E402
 from shapely_reference import iou_3d_pair, iou_bev_pair, iou_matrix  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------ helpers
 
 
 def clustered_boxes(n: int, seed: int, extent: float = 12.0) -> torch.Tensor:
-    """Car/pedestrian-sized boxes crowded enough that many pairs overlap, a few far away."""
-    gen = torch.Generator().manual_seed(seed)
-    rand = torch.rand(n, 7, generator=gen, dtype=torch.float64)
-    boxes = torch.empty(n, 7, dtype=torch.float64)
-    boxes[:, 0:2] = (rand[:, 0:2] * 2 - 1) * extent
-    boxes[:, 2] = rand[:, 2] * 1.5 - 1.0
-    boxes[:, 3] = 0.5 + 4.0 * rand[:, 3]
-    boxes[:, 4] = 0.4 + 1.8 * rand[:, 4]
-    boxes[:, 5] = 0.8 + 1.5 * rand[:, 5]
-    boxes[:, 6] = (rand[:, 6] * 2 - 1) * 2 * math.pi
+    """Boxes crowded enough that many pairs overlap (the shared sample generator), with an eighth far away."""
+    boxes = box_samples.random_boxes(n, seed=seed, extent=extent, elongated_fraction=0.0)
     boxes[: n // 8, 0] += 500.0  # far apart from the rest
     return boxes
 
