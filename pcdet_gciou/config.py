@@ -25,6 +25,7 @@ Example:
     >>> config_tag("cfgs/kitti_models/second_gciou.yaml")
     'second_gciou'
 """
+
 from __future__ import annotations
 
 import ast
@@ -123,7 +124,7 @@ def config_tag(path: str | os.PathLike) -> str:
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ValueError(f"config file not found: {str(path)!r}")
-    with open(path, "r", encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         data = yaml.safe_load(handle)
     if data is None:
         return {}
@@ -213,8 +214,7 @@ def _coerce(key: str, text: str, current: Any) -> Any:
             sub, sep, sub_text = item.partition(":")
             sub = sub.strip()
             if not sep or sub not in current:
-                raise ValueError(
-                    f"--set {key} {text!r}: expected 'name:value,...' with names in {sorted(current)}")
+                raise ValueError(f"--set {key} {text!r}: expected 'name:value,...' with names in {sorted(current)}")
             updated[sub] = _coerce(f"{key}.{sub}", sub_text.strip(), current[sub])
         return updated
     if isinstance(current, list):
@@ -239,7 +239,8 @@ def _coerce(key: str, text: str, current: Any) -> Any:
     if isinstance(current, str):
         return str(text)
     raise ValueError(
-        f"--set {key}: expected a {type(current).__name__} like the current value {current!r}, got {text!r}")
+        f"--set {key}: expected a {type(current).__name__} like the current value {current!r}, got {text!r}"
+    )
 
 
 def apply_set_args(cfg: AttrDict, set_args: Iterable[str] | None) -> AttrDict:

@@ -16,6 +16,7 @@ Examples:
     python scripts/bench_iou.py --quick
     python scripts/bench_iou.py --threads 2 --repeats 7 --compile
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,6 +38,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))  # box_samples (torch only) and the
 sys.path.insert(0, str(REPO_ROOT))
 
 import box_samples  # noqa: E402
+
 from pcdet_gciou.geometry import rotated_iou_3d, rotated_iou_3d_matrix  # noqa: E402
 from pcdet_gciou.losses import gciou_loss  # noqa: E402
 
@@ -71,8 +73,17 @@ class Row:
         ]
 
 
-HEADER = ["device", "benchmark", "N", "min ms", "median ms", "pairs/s (min)", "pairs/s (median)", "peak mem MiB",
-          "note"]
+HEADER = [
+    "device",
+    "benchmark",
+    "N",
+    "min ms",
+    "median ms",
+    "pairs/s (min)",
+    "pairs/s (median)",
+    "peak mem MiB",
+    "note",
+]
 
 
 class PeakMemory:
@@ -143,8 +154,11 @@ def time_repeats(step, repeats: int, device: torch.device) -> list[float]:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
-    return (isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
-            or "out of memory" in text or "can't allocate memory" in text)  # CUDA / CPU allocator wording
+    return (
+        isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )  # CUDA / CPU allocator wording
 
 
 def iou_functions(use_compile: bool):
@@ -262,14 +276,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads); default 2")
     parser.add_argument("--sizes", type=parse_sizes, default=None, help="paired N list, default 1e3,1e4,1e5,1e6")
-    parser.add_argument("--matrix-sizes", type=parse_sizes, default=None,
-                        help="N for the N x N matrix, default 2000,20000 (halved until it fits)")
+    parser.add_argument(
+        "--matrix-sizes",
+        type=parse_sizes,
+        default=None,
+        help="N for the N x N matrix, default 2000,20000 (halved until it fits)",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per row (default 5, quick 2)")
     parser.add_argument("--reference-n", type=int, default=None, help="pairs for the shapely loop (default 2000)")
     parser.add_argument("--devices", default="cpu,cuda", help="comma list; cuda rows need a CUDA device")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument("--compile", action="store_true",
-                        help="also time the compiled path (compiled=True if offered, else torch.compile)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the compiled path (compiled=True if offered, else torch.compile)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a few seconds: a smoke run")
     return parser
 
@@ -292,8 +313,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         devices.append(torch.device(name))
 
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, CPU threads {args.threads}, "
-          f"{args.dtype}, repeats {repeats} (+1 warm-up)")
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, CPU threads {args.threads}, "
+        f"{args.dtype}, repeats {repeats} (+1 warm-up)"
+    )
     if torch.cuda.is_available():
         print(f"CUDA device: {torch.cuda.get_device_name()}")
     print("fwd: no autograd graph; fwd+bwd: gradient w.r.t. the first (predicted) boxes, as in training.")

@@ -3,6 +3,7 @@
 Usage: python scripts/compare_curves.py RUN_DIR [RUN_DIR ...] --out DIR [--labels A B ...]
 (logic: pcdet_gciou.analysis.curves). RUN_DIR is output/<cfg_tag>/<extra_tag> as written by tools/train.py.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -20,15 +21,24 @@ def main(argv=None) -> int:
     parser.add_argument("--difficulty", default="moderate", choices=("easy", "moderate", "hard"))
     args = parser.parse_args(argv)
     try:
-        runs, _, text = compare_runs(args.run_dirs, args.out, labels=args.labels, smoothing=args.smooth,
-                                     metric=args.metric, difficulty=args.difficulty)
+        runs, _, text = compare_runs(
+            args.run_dirs,
+            args.out,
+            labels=args.labels,
+            smoothing=args.smooth,
+            metric=args.metric,
+            difficulty=args.difficulty,
+        )
     except ValueError as exc:
         parser.error(str(exc))
     print(text)
     for run in runs:
         if not run.has_data:
-            print(f"warning: run {run.label} ({run.run_dir}) has no metrics.csv, TensorBoard scalars or "
-                  f"eval_results.csv yet", file=sys.stderr)
+            print(
+                f"warning: run {run.label} ({run.run_dir}) has no metrics.csv, TensorBoard scalars or "
+                f"eval_results.csv yet",
+                file=sys.stderr,
+            )
     return 0
 
 

@@ -2,6 +2,7 @@
 
 Usage: python scripts/plot_gradients.py [--out DIR]   (logic: pcdet_gciou.analysis.gradients)
 """
+
 import argparse
 from pathlib import Path
 
@@ -10,7 +11,9 @@ from pcdet_gciou.analysis.gradients import write_gradient_figures
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("output/gradients"), help="output folder (default %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("output/gradients"), help="output folder (default %(default)s)"
+    )
     args = parser.parse_args()
     for path in write_gradient_figures(args.out):
         print(path)

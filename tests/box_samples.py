@@ -4,6 +4,7 @@ Boxes are ``(..., 7)`` = ``[x, y, z, dx, dy, dz, heading]`` (OpenPCDet LiDAR con
 This module imports only torch, so the benchmark can use it without the test extra.
 All randomness goes through a CPU ``torch.Generator`` so every device gets the same boxes.
 """
+
 from __future__ import annotations
 
 import math
@@ -137,7 +138,9 @@ def adversarial_box_pairs(
     ]
     for exponent in (7, 6, 5, 4):
         delta = 10.0 ** (-exponent)
-        cases.append((f"near_parallel_1e-{exponent}", car, _box(*_shifted_along_heading(car, 1.1, 0.4)[:6], car[6] + delta)))
+        cases.append(
+            (f"near_parallel_1e-{exponent}", car, _box(*_shifted_along_heading(car, 1.1, 0.4)[:6], car[6] + delta))
+        )
         cases.append((f"near_parallel_collinear_1e-{exponent}", car, _box(*car[:6], car[6] + delta)))
     for exponent in (7, 5, 3):
         delta = 10.0 ** (-exponent)
@@ -161,7 +164,11 @@ def huge_and_degenerate_box_pairs(
         ("dy_1e11_both", _box(*car[:4], 1.0e11, *car[5:7]), _box(*car[:4], 1.0e11, car[5], car[6] + 0.2)),
         ("dy_1e11_dx_zero", _box(*car[:3], 0.0, 1.0e11, *car[5:7]), car),
         ("all_sizes_1e6", _box(*car[:3], 1.0e6, 1.0e6, 1.0e6, car[6]), car),
-        ("coords_1e4", _box(1.0e4, 1.0e4, 3.0, *car[3:7]), _box(1.0e4 + 0.5, 1.0e4 - 0.2, 3.1, *car[3:6], car[6] + 0.3)),
+        (
+            "coords_1e4",
+            _box(1.0e4, 1.0e4, 3.0, *car[3:7]),
+            _box(1.0e4 + 0.5, 1.0e4 - 0.2, 3.1, *car[3:6], car[6] + 0.3),
+        ),
         ("far_apart_1e4", car, _box(car[0] + 1.0e4, car[1] + 1.0e4, *car[2:7])),
         ("far_apart_1e6", car, _box(car[0] - 1.0e6, car[1], *car[2:7])),
         ("tiny_box_1e-6", _box(*car[:3], 1e-6, 1e-6, 1e-6, car[6]), car),

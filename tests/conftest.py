@@ -1,4 +1,5 @@
 """Shared pytest configuration: the ``gpu`` and ``pcdet`` markers and the real-KITTI fixtures."""
+
 from __future__ import annotations
 
 import functools

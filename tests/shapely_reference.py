@@ -4,6 +4,7 @@ Written from the box convention alone (``[x, y, z, dx, dy, dz, heading]``, dx al
 counter-clockwise about +z, z = centre), one pair at a time in Python floats. Shared by the geometry tests and
 the benchmark's "reference loop" row. Zero-area or zero-volume unions give IoU 0 by definition.
 """
+
 from __future__ import annotations
 
 import math

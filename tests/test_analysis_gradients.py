@@ -1,4 +1,5 @@
 """Autograd gradients through the library against the paper's closed forms (Eq. 8-11, Eq. 18)."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """``scripts/bench_iou.py --quick`` runs end to end and prints every benchmark row with a positive throughput."""
+
 from __future__ import annotations
 
 import os
@@ -25,12 +26,20 @@ def test_bench_quick_mode_prints_all_rows():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--threads", "1", "--devices", "cpu"],
-        capture_output=True, text=True, timeout=180, env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     rows = table_rows(result.stdout)
-    expected = ["rotated_iou_3d fwd", "rotated_iou_3d fwd+bwd", "gciou_loss fwd+bwd", "rotated_iou_3d_matrix",
-                "shapely reference loop (float64)"]
+    expected = [
+        "rotated_iou_3d fwd",
+        "rotated_iou_3d fwd+bwd",
+        "gciou_loss fwd+bwd",
+        "rotated_iou_3d_matrix",
+        "shapely reference loop (float64)",
+    ]
     assert sorted(rows) == sorted(expected), result.stdout
     for name, cells in rows.items():
         best_ms, median_ms, pairs_per_s = float(cells[3]), float(cells[4]), float(cells[5])
@@ -41,8 +50,9 @@ def test_bench_quick_mode_prints_all_rows():
 
 
 def test_bench_rejects_bad_thread_count():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--threads", "0"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--threads", "0"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode != 0
     assert "--threads must be >= 1, got 0" in result.stderr
 
@@ -61,8 +71,11 @@ def test_bench_falls_back_to_eager_when_compilation_fails(monkeypatch):
     def broken_compiled(boxes1, boxes2):
         raise RuntimeError("backend compiler failed (simulated)")
 
-    monkeypatch.setattr(bench, "iou_functions",
-                        lambda use_compile: [("rotated_iou_3d", bench.rotated_iou_3d), ("compiled", broken_compiled)])
+    monkeypatch.setattr(
+        bench,
+        "iou_functions",
+        lambda use_compile: [("rotated_iou_3d", bench.rotated_iou_3d), ("compiled", broken_compiled)],
+    )
     rows = bench.bench_paired(torch.device("cpu"), [64], repeats=1, dtype=torch.float32, use_compile=True)
     by_name = {row.benchmark: row for row in rows}
     assert by_name["compiled fwd"].note == "compile failed -> eager"

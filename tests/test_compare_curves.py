@@ -1,4 +1,5 @@
 """compare_curves on run directories in the layout tools/train.py writes (see the team guide)."""
+
 import csv
 import math
 import subprocess
@@ -122,9 +123,20 @@ def test_reads_what_the_training_logger_writes(tmp_path):
     with MetricsLogger(run, tensorboard=False) as logger:
         for step in range(1, 6):
             logger.log(step, 1, {"train/rpn_loss_loc": 1.0 / step, "train/rpn_iou_pos": 0.1 * step})
-    append_eval_rows(run / "eval_results.csv", [
-        {"epoch": 1, "checkpoint": "checkpoint_epoch_1", "class": "Car", "metric": "3d", "difficulty": "moderate",
-         "recall": "R40", "ap": 12.5}])
+    append_eval_rows(
+        run / "eval_results.csv",
+        [
+            {
+                "epoch": 1,
+                "checkpoint": "checkpoint_epoch_1",
+                "class": "Car",
+                "metric": "3d",
+                "difficulty": "moderate",
+                "recall": "R40",
+                "ap": 12.5,
+            }
+        ],
+    )
     loaded = load_run(run)
     assert loaded.scalar_source == "metrics.csv" and loaded.skipped_rows == 0
     assert loaded.scalars["train/rpn_iou_pos"].values[-1] == pytest.approx(0.5)
@@ -147,12 +159,30 @@ def test_bad_inputs(tmp_path, runs):
 def test_script_with_labels(runs, tmp_path):
     a, b, empty = runs
     out = tmp_path / "cmp"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_curves.py"), str(a), str(b), str(empty),
-                           "--out", str(out), "--labels", "GCIoU", "Smooth-L1", "empty"],
-                          capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "compare_curves.py"),
+            str(a),
+            str(b),
+            str(empty),
+            "--out",
+            str(out),
+            "--labels",
+            "GCIoU",
+            "Smooth-L1",
+            "empty",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| GCIoU | Car | R11 |" in proc.stdout
     assert "run empty" in proc.stderr and "no metrics.csv" in proc.stderr
-    bad = subprocess.run([sys.executable, str(REPO / "scripts" / "compare_curves.py"), str(a), "--out", str(out),
-                          "--smooth", "1.5"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "compare_curves.py"), str(a), "--out", str(out), "--smooth", "1.5"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "smoothing" in bad.stderr

@@ -1,4 +1,5 @@
 """Config loader and the shipped KITTI configs: loading, merge rules, pair diffs, stock comparison."""
+
 from __future__ import annotations
 
 import copy
@@ -55,8 +56,10 @@ def write(path: Path, text: str) -> Path:
 def test_base_config_is_recursive_and_relative_to_including_file(tmp_path, monkeypatch):
     write(tmp_path / "a" / "base.yaml", "A: 1\nNESTED: {X: 1, Y: [1, 2]}\nL: [1, 2, 3]\n")
     write(tmp_path / "a" / "b" / "mid.yaml", "_BASE_CONFIG_: ../base.yaml\nNESTED: {Y: [9]}\nB: 2\n")
-    top = write(tmp_path / "c" / "top.yaml",
-                "_BASE_CONFIG_: ../a/b/mid.yaml\nNESTED: {Z: 3}\nL: [7]\nSUB: {_BASE_CONFIG_: ../a/base.yaml, A: 5}\n")
+    top = write(
+        tmp_path / "c" / "top.yaml",
+        "_BASE_CONFIG_: ../a/b/mid.yaml\nNESTED: {Z: 3}\nL: [7]\nSUB: {_BASE_CONFIG_: ../a/base.yaml, A: 5}\n",
+    )
     monkeypatch.chdir(tmp_path / "a" / "b")  # the working directory must not matter
     cfg = load_config(top)
     assert cfg.A == 1 and cfg.B == 2
@@ -80,7 +83,9 @@ def test_base_config_cycle_and_missing_file_raise(tmp_path):
 
 
 def test_data_path_resolved_against_project_root_not_cwd(tmp_path, monkeypatch):
-    cfg_file = write(tmp_path / "deep" / "d.yaml", "DATA_CONFIG: {DATA_PATH: data/kitti}\nABS: {DATA_PATH: /abs/kitti}\n")
+    cfg_file = write(
+        tmp_path / "deep" / "d.yaml", "DATA_CONFIG: {DATA_PATH: data/kitti}\nABS: {DATA_PATH: /abs/kitti}\n"
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PCDET_GCIOU_ROOT", raising=False)
     cfg = load_config(cfg_file)
@@ -114,10 +119,35 @@ def test_attrdict_access_pickle_deepcopy_and_plain_dict():
 
 
 def test_apply_set_args_types_and_errors():
-    cfg = AttrDict({"OPT": {"LR": 0.003, "EPOCHS": 80, "FLAG": False, "NAME": "adam", "MOMS": [0.95, 0.85],
-                            "W": {"cls_weight": 1.0, "loc_weight": 2.0}}})
-    apply_set_args(cfg, ["OPT.LR", "0.01", "OPT.EPOCHS", "2", "OPT.FLAG", "True", "OPT.NAME", "sgd",
-                         "OPT.MOMS", "0.9,0.8", "OPT.W", "loc_weight:1"])
+    cfg = AttrDict(
+        {
+            "OPT": {
+                "LR": 0.003,
+                "EPOCHS": 80,
+                "FLAG": False,
+                "NAME": "adam",
+                "MOMS": [0.95, 0.85],
+                "W": {"cls_weight": 1.0, "loc_weight": 2.0},
+            }
+        }
+    )
+    apply_set_args(
+        cfg,
+        [
+            "OPT.LR",
+            "0.01",
+            "OPT.EPOCHS",
+            "2",
+            "OPT.FLAG",
+            "True",
+            "OPT.NAME",
+            "sgd",
+            "OPT.MOMS",
+            "0.9,0.8",
+            "OPT.W",
+            "loc_weight:1",
+        ],
+    )
     assert cfg.OPT.LR == 0.01 and cfg.OPT.EPOCHS == 2 and cfg.OPT.FLAG is True and cfg.OPT.NAME == "sgd"
     assert cfg.OPT.MOMS == [0.9, 0.8] and cfg.OPT.W == {"cls_weight": 1.0, "loc_weight": 1.0}
     apply_set_args(cfg, ["OPT.LR", "1"])  # an int is accepted for a float
@@ -134,16 +164,20 @@ def test_apply_set_args_types_and_errors():
     assert cfg.OPT.LR is None
 
 
-@pytest.mark.parametrize("row, options, expected", [
-    (1, {"alpha": "None", "g": "None", "grad_rescale": "False"}, "log_iou"),
-    (4, {"grad_rescale": "False"}, None),
-])
+@pytest.mark.parametrize(
+    "row, options, expected",
+    [
+        (1, {"alpha": "None", "g": "None", "grad_rescale": "False"}, "log_iou"),
+        (4, {"grad_rescale": "False"}, None),
+    ],
+)
 def test_table1_ablation_rows_are_one_set_away(row, options, expected):
     # README: the paper's Table 1 rows are --set switches of the shipped GCIoU config; row 1 (f = 1, g = 0,
     # no rescaling) must be exactly -ln IoU.
     import torch
 
     from pcdet_gciou.losses import build_loss
+
     cfg = load_config(REPO_ROOT / "cfgs/kitti_models/second_gciou.yaml")
     prefix = "MODEL.DENSE_HEAD.LOSS_CONFIG.REG_LOSS."
     apply_set_args(cfg, [item for key, value in options.items() for item in (prefix + key, value)])
@@ -187,7 +221,7 @@ def test_pair_differs_only_in_intended_keys(baseline):
     base = load_config(MODELS_DIR / f"{baseline}.yaml")
     gciou = load_config(MODELS_DIR / f"{baseline}_gciou.yaml")
     diff = config_diff(base, gciou)
-    unexpected = [p for p in diff if not any(p[:len(a)] == a for a in ALLOWED_PAIR_DIFF_PREFIXES)]
+    unexpected = [p for p in diff if not any(p[: len(a)] == a for a in ALLOWED_PAIR_DIFF_PREFIXES)]
     assert not unexpected, f"{baseline}_gciou changes keys outside the loss blocks: {unexpected}"
     assert ("MODEL", "DENSE_HEAD", "NAME") in diff
     assert gciou.MODEL.DENSE_HEAD.NAME == "AnchorHeadSingleGCIoU"
@@ -212,8 +246,11 @@ def test_loss_blocks_of_shipped_configs_validate(path):
 def _openpcdet_source() -> Path | None:
     candidates = [os.environ.get("OPENPCDET_ROOT"), "/work/openpcdet", str(REPO_ROOT.parent / "openpcdet")]
     for candidate in candidates:
-        if candidate and (Path(candidate) / "tools" / "cfgs" / "kitti_models" / "second.yaml").is_file() \
-                and (Path(candidate) / "pcdet" / "config.py").is_file():
+        if (
+            candidate
+            and (Path(candidate) / "tools" / "cfgs" / "kitti_models" / "second.yaml").is_file()
+            and (Path(candidate) / "pcdet" / "config.py").is_file()
+        ):
             return Path(candidate)
     return None
 
@@ -239,9 +276,13 @@ def test_baseline_matches_stock_openpcdet_config(baseline, tmp_path):
         "import json; c = cfg_from_yaml_file(sys.argv[2], EasyDict()); "
         "to = lambda x: {k: to(v) for k, v in x.items()} if isinstance(x, dict) else "
         "([to(v) for v in x] if isinstance(x, list) else x); "
-        "pickle.dump(to(c), open(sys.argv[3], 'wb'))")
-    subprocess.run([sys.executable, "-c", code, str(source), f"cfgs/kitti_models/{baseline}.yaml", str(out)],
-                   check=True, cwd=source / "tools")
+        "pickle.dump(to(c), open(sys.argv[3], 'wb'))"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(source), f"cfgs/kitti_models/{baseline}.yaml", str(out)],
+        check=True,
+        cwd=source / "tools",
+    )
     stock = pickle.loads(out.read_bytes())
     ours = load_config(MODELS_DIR / f"{baseline}.yaml").to_dict()
     diff = set(config_diff(ours, stock))

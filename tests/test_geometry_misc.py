@@ -1,4 +1,5 @@
 """Chunking of large inputs (values and gradients must not change) and the opt-in value check."""
+
 import torch
 
 from pcdet_gciou.geometry import iou as iou_module
@@ -7,8 +8,14 @@ from pcdet_gciou.geometry import rotated_iou_3d, rotated_overlap_bev
 
 def test_chunked_values_and_gradients_equal_unchunked(monkeypatch):
     g = torch.Generator().manual_seed(0)
-    boxes1 = torch.cat([torch.rand(300, 3, generator=g) * 2, torch.rand(300, 3, generator=g) * 3 + 0.1,
-                        torch.rand(300, 1, generator=g) * 6.3], dim=1).double()
+    boxes1 = torch.cat(
+        [
+            torch.rand(300, 3, generator=g) * 2,
+            torch.rand(300, 3, generator=g) * 3 + 0.1,
+            torch.rand(300, 1, generator=g) * 6.3,
+        ],
+        dim=1,
+    ).double()
     boxes2 = boxes1[:40] + torch.randn(40, 7, generator=g).double() * 0.3
 
     def run():

@@ -3,6 +3,7 @@
 Written against the public contract of ``pcdet_gciou.geometry`` only (see ``tests/shapely_reference.py`` for the
 reference and ``tests/box_samples.py`` for the inputs, which the benchmark reuses).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -16,6 +17,7 @@ pytest.importorskip("shapely", reason="the float64 reference needs shapely (pip 
 
 import box_samples as samples  # noqa: E402
 import shapely_reference as ref  # noqa: E402
+
 from pcdet_gciou import geometry  # noqa: E402
 
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", marks=pytest.mark.gpu, id="cuda")]
@@ -141,10 +143,20 @@ def test_overlap_matches_reference(device, dtype, kind):
     expected_intersection, expected_union = reference(boxes1, boxes2)
     scale = expected_union.clamp(min=1.0)
     tol = IOU_TOL[dtype]
-    assert_matches_reference(names, intersection.cpu().double() / scale, expected_intersection / scale, tol,
-                             f"rotated_overlap_{kind} intersection / max(union, 1)")
-    assert_matches_reference(names, union.cpu().double() / scale, expected_union / scale, tol,
-                             f"rotated_overlap_{kind} union / max(union, 1)")
+    assert_matches_reference(
+        names,
+        intersection.cpu().double() / scale,
+        expected_intersection / scale,
+        tol,
+        f"rotated_overlap_{kind} intersection / max(union, 1)",
+    )
+    assert_matches_reference(
+        names,
+        union.cpu().double() / scale,
+        expected_union / scale,
+        tol,
+        f"rotated_overlap_{kind} union / max(union, 1)",
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -161,8 +173,13 @@ def test_iou_broadcasts_leading_dimensions(device, kind):
     assert_matches_reference(case_names(6, "row"), one_to_many, expected[0], 1e-6, f"rotated_iou_{kind} (7,)x(6,7)")
     batched = iou_fn(kind)(boxes1[:3].reshape(1, 3, 7).expand(2, 3, 7), boxes2[:3])
     assert batched.shape == (2, 3)
-    assert_matches_reference(case_names(6, "batch"), batched, expected[[0, 1, 2], [0, 1, 2]].repeat(2), 1e-6,
-                             f"rotated_iou_{kind} (2,3,7)x(3,7)")
+    assert_matches_reference(
+        case_names(6, "batch"),
+        batched,
+        expected[[0, 1, 2], [0, 1, 2]].repeat(2),
+        1e-6,
+        f"rotated_iou_{kind} (2,3,7)x(3,7)",
+    )
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -345,8 +362,9 @@ def test_gradients_match_finite_differences_of_the_reference(device, kind):
                     numeric = (pair_fn(boxes1[i].tolist(), plus) - pair_fn(boxes1[i].tolist(), minus)) / (2 * step)
                 analytic = grad[i, param].item()
                 if not abs(analytic - numeric) <= 1e-6 + 1e-5 * abs(numeric):
-                    failures.append(f"pair {i} box {which} d/d{name}: finite difference {numeric:.10g}, "
-                                    f"autograd {analytic:.10g}")
+                    failures.append(
+                        f"pair {i} box {which} d/d{name}: finite difference {numeric:.10g}, autograd {analytic:.10g}"
+                    )
     assert not failures, "\n".join(failures)
 
 
@@ -398,8 +416,13 @@ def test_autocast_bfloat16_computes_in_float32(device, kind):
     boxes1, boxes2 = torch.cat([boxes1, random1]), torch.cat([boxes2, random2])
     context = lambda: torch.autocast(device, dtype=torch.bfloat16)  # noqa: E731
     iou = assert_finite_values_and_gradients(iou_fn(kind), names, boxes1, boxes2, context)
-    assert_matches_reference(names, iou, reference_iou(kind, boxes1, boxes2), IOU_TOL[torch.float32],
-                             f"rotated_iou_{kind} under bfloat16 autocast")
+    assert_matches_reference(
+        names,
+        iou,
+        reference_iou(kind, boxes1, boxes2),
+        IOU_TOL[torch.float32],
+        f"rotated_iou_{kind} under bfloat16 autocast",
+    )
 
 
 @pytest.mark.parametrize("grad_rescale", [False, True], ids=["plain", "grad_rescale"])
@@ -447,8 +470,11 @@ def test_box_corners_are_the_reference_corners(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_heading_error_folds_into_zero_to_half_pi(device):
-    delta = torch.tensor([0.0, 0.3, math.pi / 2, 2.0, math.pi, 3 * math.pi / 4, -0.3, 2 * math.pi + 0.2, -5.0],
-                         dtype=torch.float64, device=device)
+    delta = torch.tensor(
+        [0.0, 0.3, math.pi / 2, 2.0, math.pi, 3 * math.pi / 4, -0.3, 2 * math.pi + 0.2, -5.0],
+        dtype=torch.float64,
+        device=device,
+    )
     expected = [0.0, 0.3, math.pi / 2, math.pi - 2.0, 0.0, math.pi / 4, 0.3, 0.2, abs(-5.0 + 2 * math.pi)]
     base = torch.full_like(delta, 0.4)
     got = geometry.heading_error(base + delta, base)

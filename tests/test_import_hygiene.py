@@ -1,4 +1,5 @@
 """Every module that must work without OpenPCDet imports neither pcdet, torchvision nor spconv."""
+
 import subprocess
 import sys
 

@@ -1,4 +1,5 @@
 """Tests of the loss family: golden values, gradient rescaling, options, validation, degenerate boxes."""
+
 import math
 
 import pytest
@@ -29,9 +30,17 @@ def car(x=0.0, y=0.0, z=0.0, heading=0.0, scale=1.0, dtype=torch.float64):
 
 def random_pairs(n=64, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    target = torch.cat([torch.randn(n, 3, generator=g), torch.rand(n, 3, generator=g) * 3 + 0.5,
-                        (torch.rand(n, 1, generator=g) - 0.5) * 2 * math.pi], dim=1).to(dtype)
-    pred = target + torch.randn(n, 7, generator=g).to(dtype) * torch.tensor([0.3, 0.3, 0.2, 0.2, 0.2, 0.1, 0.5], dtype=dtype)
+    target = torch.cat(
+        [
+            torch.randn(n, 3, generator=g),
+            torch.rand(n, 3, generator=g) * 3 + 0.5,
+            (torch.rand(n, 1, generator=g) - 0.5) * 2 * math.pi,
+        ],
+        dim=1,
+    ).to(dtype)
+    pred = target + torch.randn(n, 7, generator=g).to(dtype) * torch.tensor(
+        [0.3, 0.3, 0.2, 0.2, 0.2, 0.1, 0.5], dtype=dtype
+    )
     pred[:, 3:6] = pred[:, 3:6].clamp_min(0.1)
     return pred, target
 
@@ -64,14 +73,16 @@ def test_giou_penalty_for_disjoint_boxes():
     assert pred.grad[0, 0] > 0  # moving pred towards the target lowers the loss
 
 
-@pytest.mark.parametrize("g, g_value", [("tan", math.tan), ("exp", math.expm1), ("linear", lambda d: d), (None, lambda d: 0.0)])
+@pytest.mark.parametrize(
+    "g, g_value", [("tan", math.tan), ("exp", math.expm1), ("linear", lambda d: d), (None, lambda d: 0.0)]
+)
 @pytest.mark.parametrize("alpha", [2.0, 1.0, 3.0, None])
 def test_gciou_matches_eq17_by_hand(g, g_value, alpha):
     pred = car(0.3, -0.1, 0.05, heading=0.4 + math.pi)  # heading + pi: same box, delta folds to 0.4
     target = car(heading=0.0)
     delta = 0.4
     iou = rotated_iou_3d(pred, target).item()
-    f = 1.0 if alpha is None else math.exp(delta ** alpha)
+    f = 1.0 if alpha is None else math.exp(delta**alpha)
     expected = -math.log(iou + 1e-6) * f + g_value(delta)
     assert gciou_loss(pred[None], target[None], alpha=alpha, g=g).item() == pytest.approx(expected, rel=1e-12)
 

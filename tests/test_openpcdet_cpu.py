@@ -6,6 +6,7 @@ evaluator with our rotated IoU, and the stock SECOND, PointPillars and (slimmed)
 KITTI frames (forward, backward, optimiser step). The stock YAMLs are read from an external OpenPCDet tree
 (``$OPENPCDET_ROOT``, default: next to the imported ``pcdet`` package); those tests skip without it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -77,11 +78,11 @@ def test_boxes_bev_iou_cpu_accepts_numpy_like_openpcdet():
 def test_paired_and_aligned_iou3d_match_shapely():
     boxes_a = clustered_boxes(30, 5)
     boxes_b = boxes_a + torch.randn(30, 7, generator=torch.Generator().manual_seed(6), dtype=torch.float64) * 0.3
-    expected = torch.tensor([iou_3d_pair(p, q) for p, q in zip(boxes_a.tolist(), boxes_b.tolist())],
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [iou_3d_pair(p, q) for p, q in zip(boxes_a.tolist(), boxes_b.tolist())], dtype=torch.float64
+    )
     torch.testing.assert_close(box_ops.paired_boxes_iou3d_gpu(boxes_a, boxes_b), expected, atol=1e-9, rtol=0)
-    torch.testing.assert_close(box_ops.boxes_aligned_iou3d_gpu(boxes_a, boxes_b), expected[:, None], atol=1e-9,
-                               rtol=0)
+    torch.testing.assert_close(box_ops.boxes_aligned_iou3d_gpu(boxes_a, boxes_b), expected[:, None], atol=1e-9, rtol=0)
     with pytest.raises(ValueError, match="equal counts"):
         box_ops.paired_boxes_iou3d_gpu(boxes_a, boxes_b[:5])
 
@@ -163,8 +164,9 @@ def test_points_in_boxes_cpu_and_gpu_match_hand_rotation():
     np.testing.assert_array_equal(flags.astype(bool), expected)
 
     first_box = np.where(expected.any(0), expected.argmax(0), -1)
-    batched = box_ops.points_in_boxes_gpu(torch.from_numpy(points)[None].repeat(2, 1, 1),
-                                          torch.from_numpy(boxes)[None].repeat(2, 1, 1))
+    batched = box_ops.points_in_boxes_gpu(
+        torch.from_numpy(points)[None].repeat(2, 1, 1), torch.from_numpy(boxes)[None].repeat(2, 1, 1)
+    )
     assert batched.dtype == torch.int32 and batched.shape == (2, 3000)
     np.testing.assert_array_equal(batched[0].numpy(), first_box)
     np.testing.assert_array_equal(batched[1].numpy(), first_box)
@@ -184,8 +186,15 @@ def kitti_kernel_polygon(box) -> Polygon:
 @pytest.mark.parametrize("criterion", [-1, 0, 1, 2])
 def test_kitti_rotate_iou_matches_the_kernel_geometry(criterion):
     gen = np.random.default_rng(criterion + 5)
-    boxes = np.column_stack([gen.uniform(-6, 6, 25), gen.uniform(0, 12, 25), gen.uniform(0.5, 4.5, 25),
-                             gen.uniform(0.4, 2.0, 25), gen.uniform(-np.pi, np.pi, 25)])
+    boxes = np.column_stack(
+        [
+            gen.uniform(-6, 6, 25),
+            gen.uniform(0, 12, 25),
+            gen.uniform(0.5, 4.5, 25),
+            gen.uniform(0.4, 2.0, 25),
+            gen.uniform(-np.pi, np.pi, 25),
+        ]
+    )
     query = boxes[::2] + gen.normal(0, 0.4, size=(13, 5))
     query[:, 2:4] = np.abs(query[:, 2:4]) + 0.2
     result = rotate_iou_gpu_eval(boxes, query, criterion)
@@ -194,8 +203,9 @@ def test_kitti_rotate_iou_matches_the_kernel_geometry(criterion):
         for j, b in enumerate(query):
             pa, pb = kitti_kernel_polygon(a), kitti_kernel_polygon(b)
             inter = pa.intersection(pb).area
-            expected[i, j] = {-1: inter / (pa.area + pb.area - inter), 0: inter / pa.area,
-                              1: inter / pb.area}.get(criterion, inter)
+            expected[i, j] = {-1: inter / (pa.area + pb.area - inter), 0: inter / pa.area, 1: inter / pb.area}.get(
+                criterion, inter
+            )
     assert result.dtype == boxes.dtype and result.shape == (25, 13)
     assert (expected > 0.1).sum() >= 13
     np.testing.assert_allclose(result, expected, atol=1e-9)
@@ -206,8 +216,9 @@ def test_kitti_rotate_iou_heading_sign_matters():
     reference = np.array([[0.0, 0.0, 4.0, 1.0, 0.0]])
     tilted = np.array([[1.0, 0.6, 4.0, 1.0, math.radians(30)]])
     expected = kitti_kernel_polygon(reference[0]).intersection(kitti_kernel_polygon(tilted[0])).area
-    mirrored = kitti_kernel_polygon(reference[0]).intersection(
-        kitti_kernel_polygon([*tilted[0, :4], -tilted[0, 4]])).area
+    mirrored = (
+        kitti_kernel_polygon(reference[0]).intersection(kitti_kernel_polygon([*tilted[0, :4], -tilted[0, 4]])).area
+    )
     assert abs(expected - mirrored) > 0.1
     np.testing.assert_allclose(rotate_iou_gpu_eval(reference, tilted, 2), [[expected]], atol=1e-9)
 
@@ -228,8 +239,8 @@ def test_ball_query_matches_brute_force():
     starts, bounds = [0, 60], [60, 105]
     for m in range(12):
         sample = 0 if m < 7 else 1
-        points = xyz[starts[sample]:bounds[sample]]
-        hits = [k for k in range(points.shape[0]) if float(((points[k] - new_xyz[m]) ** 2).sum()) < radius ** 2]
+        points = xyz[starts[sample] : bounds[sample]]
+        hits = [k for k in range(points.shape[0]) if float(((points[k] - new_xyz[m]) ** 2).sum()) < radius**2]
         if not hits:
             assert bool(empty[m]) and idx[m].tolist() == [0] * nsample
             continue
@@ -415,8 +426,9 @@ def kitti_dataset_for(cfg, root, training: bool):
     from pcdet.datasets.kitti.kitti_dataset import KittiDataset
 
     cfg.DATA_CONFIG.DATA_PATH = str(root)
-    return KittiDataset(dataset_cfg=cfg.DATA_CONFIG, class_names=cfg.CLASS_NAMES, root_path=pathlib.Path(root),
-                        training=training)
+    return KittiDataset(
+        dataset_cfg=cfg.DATA_CONFIG, class_names=cfg.CLASS_NAMES, root_path=pathlib.Path(root), training=training
+    )
 
 
 def frame_batch(dataset, frame_id: str):
@@ -462,7 +474,8 @@ def test_kitti_eval_on_cpu_perfect_and_shifted_detections(kitti_mini_infos):
         det["location"][:, 2] -= along * np.sin(rotation)
     overlap_3d = kitti_eval.d3_box_overlap(
         np.concatenate([np.column_stack([a["location"], a["dimensions"], a["rotation_y"]]) for a in perfect]),
-        np.concatenate([np.column_stack([a["location"], a["dimensions"], a["rotation_y"]]) for a in shifted]))
+        np.concatenate([np.column_stack([a["location"], a["dimensions"], a["rotation_y"]]) for a in shifted]),
+    )
     valid = np.concatenate([a["name"] != "DontCare" for a in perfect])
     np.testing.assert_allclose(np.diag(overlap_3d)[valid], 0.6, atol=1e-6)
     details_shifted: dict = {}
@@ -532,6 +545,9 @@ def test_stock_pv_rcnn_trains_one_step_on_real_frame(kitti_mini_infos):
     _, _, tb_dict, grads, changed = train_one_step(cfg, kitti_mini_infos, "000003")
     for key in ("rpn_loss", "point_loss_cls", "rcnn_loss_cls", "rcnn_loss_reg"):
         assert math.isfinite(float(tb_dict[key]))
-    for layer in ("roi_head.shared_fc_layer.0.weight", "pfe.SA_layers.0.mlps.0.0.weight",
-                  "point_head.cls_layers.0.weight"):
+    for layer in (
+        "roi_head.shared_fc_layer.0.weight",
+        "pfe.SA_layers.0.mlps.0.0.weight",
+        "point_head.cls_layers.0.weight",
+    ):
         assert grads[layer].abs().sum() > 0 and layer in changed

@@ -4,10 +4,12 @@ The pcdet tests build PointPillars (batch 1) from our configs on a real KITTI fr
 OpenPCDet's own ``KittiDataset``/``collate_batch``; the backbone runs once and the head is re-run on
 its (detached) BEV features, which keeps them to about a minute on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import math
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,8 +26,6 @@ from pcdet_gciou.openpcdet.anchor_ops import (
     shift_no_wrap,
 )
 from pcdet_gciou.openpcdet.loss_config import parse_dense_loss_config, parse_roi_loss_config
-
-from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "cfgs" / "kitti_models"
 ALL_CONFIGS = sorted(MODELS_DIR.glob("*.yaml"))
@@ -72,18 +72,30 @@ def test_shift_no_wrap_matches_padded_slicing():
 def _residual_encode(boxes, anchors):
     """Independent ResidualCoder encode (OpenPCDet's formulas, written here from the paper of SECOND)."""
     diag = torch.sqrt(anchors[:, 3] ** 2 + anchors[:, 4] ** 2)
-    return torch.stack([(boxes[:, 0] - anchors[:, 0]) / diag, (boxes[:, 1] - anchors[:, 1]) / diag,
-                        (boxes[:, 2] - anchors[:, 2]) / anchors[:, 5], *(torch.log(boxes[:, i] / anchors[:, i])
-                                                                          for i in (3, 4, 5)),
-                        boxes[:, 6] - anchors[:, 6]], dim=-1)
+    return torch.stack(
+        [
+            (boxes[:, 0] - anchors[:, 0]) / diag,
+            (boxes[:, 1] - anchors[:, 1]) / diag,
+            (boxes[:, 2] - anchors[:, 2]) / anchors[:, 5],
+            *(torch.log(boxes[:, i] / anchors[:, i]) for i in (3, 4, 5)),
+            boxes[:, 6] - anchors[:, 6],
+        ],
+        dim=-1,
+    )
 
 
 def _residual_decode(enc, anchors):
     diag = torch.sqrt(anchors[:, 3] ** 2 + anchors[:, 4] ** 2)
-    return torch.stack([enc[:, 0] * diag + anchors[:, 0], enc[:, 1] * diag + anchors[:, 1],
-                        enc[:, 2] * anchors[:, 5] + anchors[:, 2], *(torch.exp(enc[:, i]) * anchors[:, i]
-                                                                     for i in (3, 4, 5)),
-                        enc[:, 6] + anchors[:, 6]], dim=-1)
+    return torch.stack(
+        [
+            enc[:, 0] * diag + anchors[:, 0],
+            enc[:, 1] * diag + anchors[:, 1],
+            enc[:, 2] * anchors[:, 5] + anchors[:, 2],
+            *(torch.exp(enc[:, i]) * anchors[:, i] for i in (3, 4, 5)),
+            enc[:, 6] + anchors[:, 6],
+        ],
+        dim=-1,
+    )
 
 
 def test_mean_positive_iou_of_a_duck_typed_anchor_head():
@@ -99,11 +111,17 @@ def test_mean_positive_iou_of_a_duck_typed_anchor_head():
     labels[0, [1, 4, 9]] = 1
     labels[0, 5] = -1  # ignored
     coder = SimpleNamespace(code_size=7, decode_torch=_residual_decode)
-    head = SimpleNamespace(anchors=anchors, box_coder=coder, use_multihead=False, forward_ret_dict={
-        "box_preds": preds.view(1, 2, 3, 14), "box_cls_labels": labels, "box_reg_targets": targets})
+    head = SimpleNamespace(
+        anchors=anchors,
+        box_coder=coder,
+        use_multihead=False,
+        forward_ret_dict={"box_preds": preds.view(1, 2, 3, 14), "box_cls_labels": labels, "box_reg_targets": targets},
+    )
     flat = anchors[0].view(-1, 7)
     index = torch.tensor([1, 4, 9])
-    expected = rotated_iou_3d(_residual_decode(preds[0, index], flat[index]), _residual_decode(targets[0, index], flat[index]))
+    expected = rotated_iou_3d(
+        _residual_decode(preds[0, index], flat[index]), _residual_decode(targets[0, index], flat[index])
+    )
     assert mean_positive_iou(head) == pytest.approx(float(expected.mean()), rel=1e-6)
     head.forward_ret_dict["box_cls_labels"] = torch.zeros_like(labels)
     assert mean_positive_iou(head) == 0.0
@@ -112,10 +130,10 @@ def test_mean_positive_iou_of_a_duck_typed_anchor_head():
 
 def _toy_anchor_grid(ny=4, nx=5):
     """(ny, nx, A=4, 7): two classes x headings (0, pi/2), 1 m cells."""
-    ys, xs = torch.meshgrid(torch.arange(ny, dtype=torch.float32), torch.arange(nx, dtype=torch.float32),
-                            indexing="ij")
-    slots = torch.tensor([[3.9, 1.6, 1.56, 0.0], [3.9, 1.6, 1.56, math.pi / 2],
-                          [0.8, 0.6, 1.73, 0.0], [0.8, 0.6, 1.73, 1.57]])
+    ys, xs = torch.meshgrid(torch.arange(ny, dtype=torch.float32), torch.arange(nx, dtype=torch.float32), indexing="ij")
+    slots = torch.tensor(
+        [[3.9, 1.6, 1.56, 0.0], [3.9, 1.6, 1.56, math.pi / 2], [0.8, 0.6, 1.73, 0.0], [0.8, 0.6, 1.73, 1.57]]
+    )
     grid = torch.zeros(ny, nx, 4, 7)
     grid[..., 0] = xs[..., None]
     grid[..., 1] = ys[..., None]
@@ -127,13 +145,15 @@ def _toy_anchor_grid(ny=4, nx=5):
 def test_enlarge_positives_axis_no_wrap_and_targets():
     anchors = _toy_anchor_grid()
     labels = torch.zeros(1, 4, 5, 4, dtype=torch.int32)
-    labels[0, 0, 2, 0] = 1   # heading 0 at the top row: spreads along y, only to row 1 (no wrap to row 3)
-    labels[0, 2, 4, 1] = 1   # heading pi/2 at the right edge: spreads along x, only to column 3
-    labels[0, 1, 1, 2] = 2   # second class, heading 0: rows 0 and 2
+    labels[0, 0, 2, 0] = 1  # heading 0 at the top row: spreads along y, only to row 1 (no wrap to row 3)
+    labels[0, 2, 4, 1] = 1  # heading pi/2 at the right edge: spreads along x, only to column 3
+    labels[0, 1, 1, 2] = 2  # second class, heading 0: rows 0 and 2
     labels[0, 3, 0, 3] = -1  # an ignored anchor stays ignored unless enlarged into
-    gt = {(0, 2, 0): torch.tensor([2.3, 0.4, -0.9, 4.2, 1.7, 1.5, 0.1]),
-          (2, 4, 1): torch.tensor([4.1, 2.2, -1.1, 3.7, 1.5, 1.6, 1.4]),
-          (1, 1, 2): torch.tensor([1.2, 0.8, -0.8, 0.7, 0.65, 1.8, -0.2])}
+    gt = {
+        (0, 2, 0): torch.tensor([2.3, 0.4, -0.9, 4.2, 1.7, 1.5, 0.1]),
+        (2, 4, 1): torch.tensor([4.1, 2.2, -1.1, 3.7, 1.5, 1.6, 1.4]),
+        (1, 1, 2): torch.tensor([1.2, 0.8, -0.8, 0.7, 0.65, 1.8, -0.2]),
+    }
     targets = torch.zeros(1, 4, 5, 4, 7)
     for (y, x, a), box in gt.items():
         targets[0, y, x, a] = _residual_encode(box[None], anchors[y, x, a][None])[0]
@@ -189,8 +209,9 @@ def kitti_root(kitti_mini_tree):
     cfg = load_config(MODELS_DIR / "pointpillar.yaml")
     info_file = kitti_mini_tree / "kitti_infos_train.pkl"
     if not info_file.exists():
-        dataset = KittiDataset(_dataset_cfg(cfg, kitti_mini_tree), cfg.CLASS_NAMES, root_path=kitti_mini_tree,
-                               training=False)
+        dataset = KittiDataset(
+            _dataset_cfg(cfg, kitti_mini_tree), cfg.CLASS_NAMES, root_path=kitti_mini_tree, training=False
+        )
         dataset.set_split("train")
         infos = dataset.get_infos(num_workers=1, has_label=True, count_inside_pts=True)
         info_file.write_bytes(pickle.dumps(infos))
@@ -241,9 +262,14 @@ def _head(frame, **loss_overrides):
     head_cfg.LOSS_CONFIG.update(loss_overrides)
     torch.manual_seed(0)
     return AnchorHeadSingleGCIoU(
-        model_cfg=head_cfg, input_channels=features.shape[1], num_class=len(cfg.CLASS_NAMES),
-        class_names=cfg.CLASS_NAMES, grid_size=dataset.grid_size, point_cloud_range=dataset.point_cloud_range,
-        predict_boxes_when_training=False)
+        model_cfg=head_cfg,
+        input_channels=features.shape[1],
+        num_class=len(cfg.CLASS_NAMES),
+        class_names=cfg.CLASS_NAMES,
+        grid_size=dataset.grid_size,
+        point_cloud_range=dataset.point_cloud_range,
+        predict_boxes_when_training=False,
+    )
 
 
 def _run_head(head, frame):
@@ -301,9 +327,16 @@ def test_every_config_names_registered_modules_and_builds(path, kitti_root, regi
     from pcdet.models.backbones_3d import pfe, vfe
 
     cfg, dataset = _dataset(path.stem, kitti_root)
-    registries = {"VFE": vfe, "BACKBONE_3D": backbones_3d, "MAP_TO_BEV": map_to_bev, "PFE": pfe,
-                  "BACKBONE_2D": backbones_2d, "DENSE_HEAD": dense_heads, "POINT_HEAD": dense_heads,
-                  "ROI_HEAD": roi_heads}
+    registries = {
+        "VFE": vfe,
+        "BACKBONE_3D": backbones_3d,
+        "MAP_TO_BEV": map_to_bev,
+        "PFE": pfe,
+        "BACKBONE_2D": backbones_2d,
+        "DENSE_HEAD": dense_heads,
+        "POINT_HEAD": dense_heads,
+        "ROI_HEAD": roi_heads,
+    }
     assert cfg.MODEL.NAME in detectors.__all__
     for section, module in registries.items():
         if cfg.MODEL.get(section):
@@ -362,9 +395,14 @@ def test_stock_head_logs_the_same_positive_iou(pointpillar_frame):
     _, tb = _run_head(ours, pointpillar_frame)
     torch.manual_seed(0)
     stock = AnchorHeadSingle(
-        model_cfg=load_config(MODELS_DIR / "pointpillar.yaml").MODEL.DENSE_HEAD, input_channels=features.shape[1],
-        num_class=len(cfg.CLASS_NAMES), class_names=cfg.CLASS_NAMES, grid_size=dataset.grid_size,
-        point_cloud_range=dataset.point_cloud_range, predict_boxes_when_training=False)
+        model_cfg=load_config(MODELS_DIR / "pointpillar.yaml").MODEL.DENSE_HEAD,
+        input_channels=features.shape[1],
+        num_class=len(cfg.CLASS_NAMES),
+        class_names=cfg.CLASS_NAMES,
+        grid_size=dataset.grid_size,
+        point_cloud_range=dataset.point_cloud_range,
+        predict_boxes_when_training=False,
+    )
     assert mean_positive_iou(stock) is None  # no training forward yet
     stock.train()
     stock({"spatial_features_2d": features, "gt_boxes": batch["gt_boxes"], "batch_size": 1})
@@ -394,7 +432,7 @@ def test_one_optimiser_step_lowers_regression_loss(pointpillar_frame):
     box_loss, _ = head.get_box_reg_layer_loss()
     box_loss.backward()
     # a gradient step of fixed length 0.01 in parameter space: small enough for a smooth loss to descend
-    grad_norm = torch.sqrt(sum((p.grad ** 2).sum() for p in params))
+    grad_norm = torch.sqrt(sum((p.grad**2).sum() for p in params))
     torch.optim.SGD(params, lr=0.01 / float(grad_norm)).step()
     _, after = _run_head(head, pointpillar_frame)
     assert after["rpn_loss_loc"] < before["rpn_loss_loc"]
@@ -465,9 +503,15 @@ def _synthetic_roi_batch(num_rois=16, seed=0):
     from pcdet.utils import common_utils
 
     gen = torch.Generator().manual_seed(seed)
-    rois = torch.cat([torch.rand(1, num_rois, 3, generator=gen) * 20,
-                      torch.tensor([3.9, 1.6, 1.56]).expand(1, num_rois, 3) * (0.8 + 0.4 * torch.rand(1, num_rois, 3, generator=gen)),
-                      (torch.rand(1, num_rois, 1, generator=gen) - 0.5) * 2 * math.pi], dim=-1)
+    rois = torch.cat(
+        [
+            torch.rand(1, num_rois, 3, generator=gen) * 20,
+            torch.tensor([3.9, 1.6, 1.56]).expand(1, num_rois, 3)
+            * (0.8 + 0.4 * torch.rand(1, num_rois, 3, generator=gen)),
+            (torch.rand(1, num_rois, 1, generator=gen) - 0.5) * 2 * math.pi,
+        ],
+        dim=-1,
+    )
     gt_src = rois.clone()
     gt_src[..., :3] += 0.3 * torch.randn(1, num_rois, 3, generator=gen)
     gt_src[..., 3:6] *= 1 + 0.1 * torch.randn(1, num_rois, 3, generator=gen)
@@ -484,9 +528,13 @@ def _synthetic_roi_batch(num_rois=16, seed=0):
     gt_ct[..., 6] = heading
     valid = torch.zeros(1, num_rois, dtype=torch.long)
     valid[0, : num_rois // 2 + 1] = 1
-    return {"rois": rois, "gt_of_rois": torch.cat([gt_ct, torch.ones(1, num_rois, 1)], -1),
-            "gt_of_rois_src": torch.cat([gt_src, torch.ones(1, num_rois, 1)], -1),
-            "reg_valid_mask": valid, "rcnn_reg": (0.05 * torch.randn(num_rois, 7, generator=gen)).requires_grad_()}
+    return {
+        "rois": rois,
+        "gt_of_rois": torch.cat([gt_ct, torch.ones(1, num_rois, 1)], -1),
+        "gt_of_rois_src": torch.cat([gt_src, torch.ones(1, num_rois, 1)], -1),
+        "reg_valid_mask": valid,
+        "rcnn_reg": (0.05 * torch.randn(num_rois, 7, generator=gen)).requires_grad_(),
+    }
 
 
 def _roi_head(enabled, mode="add"):
@@ -504,7 +552,9 @@ def test_roi_head_iou_loss_modes(registered):
 
     batch = _synthetic_roi_batch()
     stock_cfg = load_config(MODELS_DIR / "pv_rcnn.yaml").MODEL.ROI_HEAD
-    stock_loss, stock_tb = PVRCNNHead(input_channels=128, model_cfg=stock_cfg, num_class=1).get_box_reg_layer_loss(batch)
+    stock_loss, stock_tb = PVRCNNHead(input_channels=128, model_cfg=stock_cfg, num_class=1).get_box_reg_layer_loss(
+        batch
+    )
 
     off_loss, off_tb = _roi_head(False).get_box_reg_layer_loss(batch)
     assert float(off_loss) == pytest.approx(float(stock_loss)) and off_tb == stock_tb
@@ -523,8 +573,9 @@ def test_roi_head_iou_loss_modes(registered):
     world = common_utils.rotate_points_along_z(pred.view(-1, 1, 7), rois[:, 6]).view(-1, 7).clone()
     world[:, :3] += rois[:, :3]
     world[:, 6] += rois[:, 6]
-    torch.testing.assert_close(rotated_iou_3d(world, batch["gt_of_rois_src"][0][fg][:, :7]),
-                               rotated_iou_3d(pred, target), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        rotated_iou_3d(world, batch["gt_of_rois_src"][0][fg][:, :7]), rotated_iou_3d(pred, target), rtol=1e-4, atol=1e-5
+    )
 
     add_loss, add_tb = _roi_head(True, "add").get_box_reg_layer_loss(batch)
     assert add_tb["rcnn_loss_iou"] == pytest.approx(float(expected_iou), rel=1e-4)

@@ -1,4 +1,5 @@
 """The box-regression simulation: determinism, every loss improves scenario (c), outputs, CLI errors."""
+
 import csv
 import math
 
@@ -12,7 +13,9 @@ from pcdet_gciou.simulate.report import angle_oscillation, first_step_reaching
 
 
 def _run(scenarios, losses, steps=6, boxes=4, seed=0, **kw):
-    return run_simulation([SCENARIOS[s] for s in scenarios], losses, steps=steps, boxes_per_group=boxes, seed=seed, **kw)
+    return run_simulation(
+        [SCENARIOS[s] for s in scenarios], losses, steps=steps, boxes_per_group=boxes, seed=seed, **kw
+    )
 
 
 def test_residual_coder_round_trip():
@@ -85,13 +88,16 @@ def test_bad_values_raise():
         run_simulation(["kitti"], ["iou"], steps=1, boxes_per_group=1, seed=0)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "positive integer"),
-    (["--losses", "iou,bogus"], "unknown"),
-    (["--scenarios", "z"], "unknown scenario"),
-    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
-    (["--lr", "-1"], "positive"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "positive integer"),
+        (["--losses", "iou,bogus"], "unknown"),
+        (["--scenarios", "z"], "unknown scenario"),
+        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
+        (["--lr", "-1"], "positive"),
+    ],
+)
 def test_cli_rejects_bad_values(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(argv + ["--out", str(tmp_path)])
@@ -112,8 +118,26 @@ def test_oscillation_measures():
 
 def test_cli_writes_outputs_that_parse(tmp_path, capsys):
     out = tmp_path / "sim"
-    assert main(["--steps", "5", "--boxes", "3", "--losses", "smooth_l1,log_iou,gciou_fg",
-                 "--scenarios", "a,b", "--out", str(out), "--no-progress", "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "--steps",
+                "5",
+                "--boxes",
+                "3",
+                "--losses",
+                "smooth_l1,log_iou,gciou_fg",
+                "--scenarios",
+                "a,b",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| scenario | group | loss |" in printed
     with open(out / "curves.csv") as fh:

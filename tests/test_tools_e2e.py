@@ -3,6 +3,7 @@
 The pcdet-marked tests skip without an importable OpenPCDet. They run few iterations on a reduced point-cloud range
 (a quarter of the BEV grid) to stay within a few minutes on two cores; they check plumbing, not AP values.
 """
+
 import csv
 import os
 import subprocess
@@ -25,8 +26,18 @@ CLASSES = ("Car", "Pedestrian", "Cyclist")
 
 
 def _common(cfg_name, tree, out):
-    return ["--cfg_file", str(REPO / "cfgs" / "kitti_models" / f"{cfg_name}.yaml"), "--cpu", "--workers", "0",
-            "--data_path", str(tree), "--output_dir", str(out), "--no_progress"]
+    return [
+        "--cfg_file",
+        str(REPO / "cfgs" / "kitti_models" / f"{cfg_name}.yaml"),
+        "--cpu",
+        "--workers",
+        "0",
+        "--data_path",
+        str(tree),
+        "--output_dir",
+        str(out),
+        "--no_progress",
+    ]
 
 
 def _sets(cfg_name, *extra):
@@ -67,21 +78,48 @@ def pipeline(kitti_mini_tree, tmp_path_factory):
         "metrics": read_metrics(run_dir / "metrics.csv"),
     }
     # --eval_interval 2: the in-training evaluation covers epoch 2 only, so --eval_all below must add epoch 1 alone
-    resumed = train_main(train + ["--ckpt", str(run_dir / "ckpt" / "latest_model.pth"), "--eval_interval", "2"]
-                         + _sets("pointpillar_gciou"))
+    resumed = train_main(
+        train
+        + ["--ckpt", str(run_dir / "ckpt" / "latest_model.pth"), "--eval_interval", "2"]
+        + _sets("pointpillar_gciou")
+    )
     eval_during_training = {r["checkpoint"] for r in _eval_rows(run_dir)}
     evaluation = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "test.py"), *_common("pointpillar_gciou", kitti_mini_tree, out),
-         "--batch_size", "2", "--eval_all", *_sets("pointpillar_gciou")],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            str(REPO / "tools" / "test.py"),
+            *_common("pointpillar_gciou", kitti_mini_tree, out),
+            "--batch_size",
+            "2",
+            "--eval_all",
+            *_sets("pointpillar_gciou"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert evaluation.returncode == 0, evaluation.stdout[-3000:] + evaluation.stderr[-3000:]
-    second = train_main(_common("second_gciou", kitti_mini_tree, out)
-                        + ["--batch_size", "1", "--epochs", "1", "--max_iters", "1"] + _sets("second_gciou"))
-    second_eval = test_main(_common("second_gciou", kitti_mini_tree, out)
-                            + ["--batch_size", "2", "--ckpt", str(second["run_dir"] / "ckpt" / "latest_model.pth")]
-                            + _sets("second_gciou"))
-    return {"tree": kitti_mini_tree, "out": out, "first": after_first, "resumed": resumed, "run_dir": run_dir,
-            "eval_log": evaluation.stdout + evaluation.stderr, "eval_during_training": eval_during_training, "second": second, "second_eval": second_eval}
+    second = train_main(
+        _common("second_gciou", kitti_mini_tree, out)
+        + ["--batch_size", "1", "--epochs", "1", "--max_iters", "1"]
+        + _sets("second_gciou")
+    )
+    second_eval = test_main(
+        _common("second_gciou", kitti_mini_tree, out)
+        + ["--batch_size", "2", "--ckpt", str(second["run_dir"] / "ckpt" / "latest_model.pth")]
+        + _sets("second_gciou")
+    )
+    return {
+        "tree": kitti_mini_tree,
+        "out": out,
+        "first": after_first,
+        "resumed": resumed,
+        "run_dir": run_dir,
+        "eval_log": evaluation.stdout + evaluation.stderr,
+        "eval_during_training": eval_during_training,
+        "second": second,
+        "second_eval": second_eval,
+    }
 
 
 def _eval_rows(run_dir):
@@ -115,8 +153,13 @@ def test_interrupted_run_resumes_iterations_and_lr(pipeline):
     lrs = [r["value"] for r in rows if r["tag"] == "train/lr"]
     assert lrs == pytest.approx([onecycle_reference_lr(i, 6, 0.003, 10.0, 0.4) for i in range(6)], rel=1e-9)
     tags = {r["tag"] for r in rows}
-    assert {"train/rpn_loss_cls", "train/rpn_loss_loc", "train/rpn_loss_dir", "train/rpn_iou_pos",
-            "train/grad_norm"} <= tags
+    assert {
+        "train/rpn_loss_cls",
+        "train/rpn_loss_loc",
+        "train/rpn_loss_dir",
+        "train/rpn_iou_pos",
+        "train/grad_norm",
+    } <= tags
     assert all(r["value"] == r["value"] for r in rows)  # no NaN logged
     assert (run_dir / "config.yaml").is_file() and any((run_dir / "tensorboard").iterdir())
     assert len(list(run_dir.glob("log_train_*.txt"))) >= 1
@@ -132,8 +175,11 @@ def test_eval_all_writes_r11_and_r40_for_every_class(pipeline):
         for cls in CLASSES:
             for metric in ("3d", "bev", "bbox"):
                 for recall in ("R11", "R40"):
-                    found = {r["difficulty"] for r in rows if (r["epoch"], r["class"], r["metric"], r["recall"])
-                             == (epoch, cls, metric, recall)}
+                    found = {
+                        r["difficulty"]
+                        for r in rows
+                        if (r["epoch"], r["class"], r["metric"], r["recall"]) == (epoch, cls, metric, recall)
+                    }
                     assert found == {"easy", "moderate", "hard"}, (epoch, cls, metric, recall)
     assert all(0.0 <= float(r["ap"]) <= 100.0 for r in rows)
     assert pipeline["eval_during_training"] == {"checkpoint_epoch_2.pth"}
@@ -150,8 +196,9 @@ def test_eval_all_skips_evaluated_checkpoints(pipeline):
     from pcdet_gciou.training.cli import test_main
 
     before = _eval_rows(pipeline["run_dir"])
-    again = test_main(_common("pointpillar_gciou", pipeline["tree"], pipeline["out"])
-                      + ["--eval_all", *_sets("pointpillar_gciou")])
+    again = test_main(
+        _common("pointpillar_gciou", pipeline["tree"], pipeline["out"]) + ["--eval_all", *_sets("pointpillar_gciou")]
+    )
     assert again["evaluated"] == []
     assert _eval_rows(pipeline["run_dir"]) == before
 
@@ -210,7 +257,9 @@ def test_r11_and_r40_reduce_the_official_curves(pipeline):
         n = round(r40 * 40 / 100) + 1
         expected = r40 if row["recall"] == "R40" else math.ceil(n / 4) / 11 * 100
         assert row["ap"] == pytest.approx(expected), row
-    car_moderate = {r["recall"]: r["ap"] for r in rows if (r["class"], r["metric"], r["difficulty"]) == ("Car", "3d", "moderate")}
+    car_moderate = {
+        r["recall"]: r["ap"] for r in rows if (r["class"], r["metric"], r["difficulty"]) == ("Car", "3d", "moderate")
+    }
     assert car_moderate == pytest.approx({"R11": 100 / 11, "R40": 7.5})  # 4 moderate Cars in mini-val
 
 
@@ -220,11 +269,29 @@ def test_torchrun_launcher_two_processes(pipeline, tmp_path):
     """``torchrun --nproc_per_node=2 tools/train.py --launcher pytorch`` (gloo on CPU): rank 0 alone writes files."""
     out = tmp_path / "ddp"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(REPO / "tools" / "train.py"), "--launcher", "pytorch",
-         *_common("pointpillar_gciou", pipeline["tree"], out), "--batch_size", "2", "--epochs", "1",
-         "--max_iters", "2", *_sets("pointpillar_gciou")],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(REPO / "tools" / "train.py"),
+            "--launcher",
+            "pytorch",
+            *_common("pointpillar_gciou", pipeline["tree"], out),
+            "--batch_size",
+            "2",
+            "--epochs",
+            "1",
+            "--max_iters",
+            "2",
+            *_sets("pointpillar_gciou"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = out / "pointpillar_gciou" / "default"
     assert "2 process(es), 1 frames per process" in result.stdout

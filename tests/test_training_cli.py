@@ -1,5 +1,6 @@
 """CLI logic that needs no OpenPCDet: run directories, argument parsing, refusal before any model is built,
 checkpoint polling for --eval_all --wait, import isolation, and DDP sharding of the Trainer (gloo, 2 processes)."""
+
 import os
 import sys
 from pathlib import Path
@@ -17,11 +18,26 @@ PP_CFG = REPO / "cfgs" / "kitti_models" / "pointpillar_gciou.yaml"
 
 
 def test_run_dir_layout_and_parsing(tmp_path):
-    assert run_dir_for("cfgs/kitti_models/second_gciou.yaml", "default", str(tmp_path)) == \
-        tmp_path.resolve() / "second_gciou" / "default"
+    assert (
+        run_dir_for("cfgs/kitti_models/second_gciou.yaml", "default", str(tmp_path))
+        == tmp_path.resolve() / "second_gciou" / "default"
+    )
     assert run_dir_for("x/pointpillar.yaml", "paper", None).parts[-3:] == ("output", "pointpillar", "paper")
-    args = parse_train_args(["--cfg_file", "a.yaml", "--batch_size", "4", "--epochs", "40",
-                             "--set", "OPTIMIZATION.LR", "0.003", "MODEL.X", "1"])
+    args = parse_train_args(
+        [
+            "--cfg_file",
+            "a.yaml",
+            "--batch_size",
+            "4",
+            "--epochs",
+            "40",
+            "--set",
+            "OPTIMIZATION.LR",
+            "0.003",
+            "MODEL.X",
+            "1",
+        ]
+    )
     assert (args.batch_size, args.epochs, args.launcher, args.extra_tag) == (4, 40, "none", "default")
     assert args.set_cfgs == ["OPTIMIZATION.LR", "0.003", "MODEL.X", "1"]
     assert (args.max_ckpt_save_num, args.ckpt_save_interval, args.max_iters) == (30, 1, None)
@@ -38,13 +54,29 @@ def test_train_refuses_foreign_checkpoint_before_building_anything(tmp_path, mon
     cfg = load_config(PP_CFG)
     apply_set_args(cfg, ["DATA_CONFIG.DATA_PATH", str(tmp_path / "kitti")])
     run_dir = run_dir_for(str(PP_CFG), "default", str(tmp_path))
-    atomic_torch_save({"model_state": {}, "config": to_plain(cfg), "epoch": 1, "global_iter": 3},
-                      run_dir / "ckpt" / "checkpoint_epoch_1.pth")
+    atomic_torch_save(
+        {"model_state": {}, "config": to_plain(cfg), "epoch": 1, "global_iter": 3},
+        run_dir / "ckpt" / "checkpoint_epoch_1.pth",
+    )
     # No --ckpt: the newest checkpoint of the run directory is picked up and checked.
-    with pytest.raises(SystemExit, match=r"(?s)refusing to resume .*checkpoint_epoch_1\.pth.*"
-                                         r"OPTIMIZATION\.LR: checkpoint=0\.003 current=0\.002.*--extra_tag"):
-        train_main(["--cfg_file", str(PP_CFG), "--output_dir", str(tmp_path), "--data_path", str(tmp_path / "k2"),
-                    "--set", "OPTIMIZATION.LR", "0.002"])
+    with pytest.raises(
+        SystemExit,
+        match=r"(?s)refusing to resume .*checkpoint_epoch_1\.pth.*"
+        r"OPTIMIZATION\.LR: checkpoint=0\.003 current=0\.002.*--extra_tag",
+    ):
+        train_main(
+            [
+                "--cfg_file",
+                str(PP_CFG),
+                "--output_dir",
+                str(tmp_path),
+                "--data_path",
+                str(tmp_path / "k2"),
+                "--set",
+                "OPTIMIZATION.LR",
+                "0.002",
+            ]
+        )
 
 
 def test_iter_new_checkpoints_polls_in_epoch_order(tmp_path):
@@ -60,15 +92,37 @@ def test_iter_new_checkpoints_polls_in_epoch_order(tmp_path):
         if len(sleeps) == 2:  # a new checkpoint appears while waiting
             (tmp_path / "checkpoint_epoch_11.pth").write_bytes(b"x")
 
-    seen = [p.name for p in iter_new_checkpoints(tmp_path, lambda: {"checkpoint_epoch_2.pth"}, wait=True,
-                                                 max_waiting_s=100, poll_s=30, clock=lambda: now[0], sleep=sleep)]
+    seen = [
+        p.name
+        for p in iter_new_checkpoints(
+            tmp_path,
+            lambda: {"checkpoint_epoch_2.pth"},
+            wait=True,
+            max_waiting_s=100,
+            poll_s=30,
+            clock=lambda: now[0],
+            sleep=sleep,
+        )
+    ]
     assert seen == ["checkpoint_epoch_1.pth", "checkpoint_epoch_10.pth", "checkpoint_epoch_11.pth"]
     # after epoch 11 (found at t=60) it waits until more than 100 s pass without a new one: t = 90, 120, 150, 180
     assert now[0] == 180 and len(sleeps) == 6
-    once = list(iter_new_checkpoints(tmp_path, lambda: set(), wait=False, max_waiting_s=0, poll_s=1,
-                                     sleep=lambda s: pytest.fail("must not sleep without wait")))
-    assert [p.name for p in once] == ["checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "checkpoint_epoch_10.pth",
-                                      "checkpoint_epoch_11.pth"]
+    once = list(
+        iter_new_checkpoints(
+            tmp_path,
+            lambda: set(),
+            wait=False,
+            max_waiting_s=0,
+            poll_s=1,
+            sleep=lambda s: pytest.fail("must not sleep without wait"),
+        )
+    )
+    assert [p.name for p in once] == [
+        "checkpoint_epoch_1.pth",
+        "checkpoint_epoch_2.pth",
+        "checkpoint_epoch_10.pth",
+        "checkpoint_epoch_11.pth",
+    ]
 
 
 def _ddp_worker(rank, world_size, run_dir, port):
@@ -94,9 +148,20 @@ def _ddp_worker(rank, world_size, run_dir, port):
     sched = build_scheduler(opt, CONFIG["OPTIMIZATION"], total_iters=iters, iters_per_epoch=iters)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     metrics = MetricsLogger(run_dir, tensorboard=False) if rank == 0 else None
-    Trainer(ddp, opt, sched, train_step=mse_step, loader_for_epoch=recording_loader, iters_per_epoch=iters,
-            total_epochs=1, ckpt_dir=Path(run_dir) / "ckpt", config=CONFIG, metrics=metrics, rank=rank,
-            progress=False).fit()
+    Trainer(
+        ddp,
+        opt,
+        sched,
+        train_step=mse_step,
+        loader_for_epoch=recording_loader,
+        iters_per_epoch=iters,
+        total_epochs=1,
+        ckpt_dir=Path(run_dir) / "ckpt",
+        config=CONFIG,
+        metrics=metrics,
+        rank=rank,
+        progress=False,
+    ).fit()
     if metrics is not None:
         metrics.close()
     gathered = [None] * world_size

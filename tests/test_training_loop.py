@@ -1,4 +1,5 @@
 """Trainer: exact resume, clipping, config refusal, atomic checkpoints, pruning, metrics.csv (no OpenPCDet)."""
+
 import csv
 import os
 
@@ -27,8 +28,16 @@ from pcdet_gciou.training.checkpoint import load_pretrained
 CONFIG = {
     "MODEL": {"NAME": "Tiny"},
     "DATA_CONFIG": {"DATA_PATH": "/somewhere"},
-    "OPTIMIZATION": {"OPTIMIZER": "adam_onecycle", "LR": 0.01, "WEIGHT_DECAY": 0.01, "MOMS": [0.95, 0.85],
-                     "DIV_FACTOR": 10, "PCT_START": 0.4, "GRAD_NORM_CLIP": 10, "NUM_EPOCHS": 3},
+    "OPTIMIZATION": {
+        "OPTIMIZER": "adam_onecycle",
+        "LR": 0.01,
+        "WEIGHT_DECAY": 0.01,
+        "MOMS": [0.95, 0.85],
+        "DIV_FACTOR": 10,
+        "PCT_START": 0.4,
+        "GRAD_NORM_CLIP": 10,
+        "NUM_EPOCHS": 3,
+    },
 }
 
 
@@ -51,8 +60,13 @@ class NoisyDataset(torch.utils.data.Dataset):
 class TinyNet(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
-                                       torch.nn.Dropout(0.2), torch.nn.Linear(8, 1))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, 8),
+            torch.nn.BatchNorm1d(8),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(0.2),
+            torch.nn.Linear(8, 1),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -72,10 +86,22 @@ def make_trainer(run_dir, config=CONFIG, max_iters=None, epochs=3, seed_model=0,
     opt = build_optimizer(model, config["OPTIMIZATION"])
     sched = build_scheduler(opt, config["OPTIMIZATION"], total_iters=iters * epochs, iters_per_epoch=iters)
     metrics = MetricsLogger(run_dir, tensorboard=False, resume_step=kwargs.pop("resume_step", None))
-    trainer = Trainer(model, opt, sched, train_step=mse_step, loader_for_epoch=loader_for_epoch,
-                      iters_per_epoch=iters, total_epochs=epochs, ckpt_dir=run_dir / "ckpt", config=config,
-                      grad_norm_clip=config["OPTIMIZATION"]["GRAD_NORM_CLIP"], metrics=metrics, max_iters=max_iters,
-                      progress=False, **kwargs)
+    trainer = Trainer(
+        model,
+        opt,
+        sched,
+        train_step=mse_step,
+        loader_for_epoch=loader_for_epoch,
+        iters_per_epoch=iters,
+        total_epochs=epochs,
+        ckpt_dir=run_dir / "ckpt",
+        config=config,
+        grad_norm_clip=config["OPTIMIZATION"]["GRAD_NORM_CLIP"],
+        metrics=metrics,
+        max_iters=max_iters,
+        progress=False,
+        **kwargs,
+    )
     return trainer, metrics
 
 
@@ -116,11 +142,15 @@ def test_resume_is_identical_to_uninterrupted_run(tmp_path, device):
     part_rows = read_metrics(tmp_path / "part" / "metrics.csv")
     steps = [r["step"] for r in part_rows if r["tag"] == "train/loss"]
     assert steps == list(range(1, 10))  # every iteration exactly once
-    assert {(r["step"], r["tag"]): r["value"] for r in part_rows} == \
-        {(r["step"], r["tag"]): r["value"] for r in full_rows}
+    assert {(r["step"], r["tag"]): r["value"] for r in part_rows} == {
+        (r["step"], r["tag"]): r["value"] for r in full_rows
+    }
     assert [r["epoch"] for r in part_rows if r["tag"] == "train/lr"] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
-    assert [p.name for p in list_epoch_checkpoints(tmp_path / "part" / "ckpt")] == \
-        ["checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth"]
+    assert [p.name for p in list_epoch_checkpoints(tmp_path / "part" / "ckpt")] == [
+        "checkpoint_epoch_1.pth",
+        "checkpoint_epoch_2.pth",
+        "checkpoint_epoch_3.pth",
+    ]
     ckpt = load_checkpoint(tmp_path / "part" / "ckpt" / "checkpoint_epoch_3.pth")
     assert (ckpt["epoch"], ckpt["global_iter"]) == (3, 9)
     assert set(ckpt["rng_state"]) >= {"python", "numpy", "torch"}
@@ -128,7 +158,9 @@ def test_resume_is_identical_to_uninterrupted_run(tmp_path, device):
 
 
 def read_lr(run_dir, step):
-    return next(r["value"] for r in read_metrics(run_dir / "metrics.csv") if r["step"] == step and r["tag"] == "train/lr")
+    return next(
+        r["value"] for r in read_metrics(run_dir / "metrics.csv") if r["step"] == step and r["tag"] == "train/lr"
+    )
 
 
 def test_checkpoint_from_other_config_is_refused(tmp_path):
@@ -148,8 +180,7 @@ def test_checkpoint_from_other_config_is_refused(tmp_path):
 
 
 def test_grad_norm_clipping_and_logged_norm(tmp_path):
-    cfg = {"OPTIMIZER": "sgd", "LR": 0.1, "MOMENTUM": 0.0, "WEIGHT_DECAY": 0.0, "DECAY_STEP_LIST": [],
-           "LR_DECAY": 0.1}
+    cfg = {"OPTIMIZER": "sgd", "LR": 0.1, "MOMENTUM": 0.0, "WEIGHT_DECAY": 0.0, "DECAY_STEP_LIST": [], "LR_DECAY": 0.1}
     model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, -1.0]]))
@@ -161,9 +192,20 @@ def test_grad_norm_clipping_and_logged_norm(tmp_path):
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg, total_iters=1, iters_per_epoch=1)
     metrics = MetricsLogger(tmp_path, tensorboard=False)
-    trainer = Trainer(model, opt, sched, train_step=step, loader_for_epoch=lambda e, s: [x], iters_per_epoch=1,
-                      total_epochs=1, ckpt_dir=tmp_path / "ckpt", config={}, grad_norm_clip=10.0, metrics=metrics,
-                      progress=False)
+    trainer = Trainer(
+        model,
+        opt,
+        sched,
+        train_step=step,
+        loader_for_epoch=lambda e, s: [x],
+        iters_per_epoch=1,
+        total_epochs=1,
+        ckpt_dir=tmp_path / "ckpt",
+        config={},
+        grad_norm_clip=10.0,
+        metrics=metrics,
+        progress=False,
+    )
     trainer.fit()
     metrics.close()
     # clipped gradient = x * 10 / 50 -> w = w0 - 0.1 * (6, 8)
@@ -177,10 +219,18 @@ def test_non_finite_loss_stops_with_context(tmp_path):
     model = torch.nn.Linear(1, 1)
     cfg = {"OPTIMIZER": "adam", "LR": 0.1, "DECAY_STEP_LIST": [], "LR_DECAY": 0.1}
     opt = build_optimizer(model, cfg)
-    trainer = Trainer(model, opt, build_scheduler(opt, cfg, total_iters=1, iters_per_epoch=1),
-                      train_step=lambda m, b: (m(b).sum() * float("nan"), {"rpn_loss_loc": float("nan")}),
-                      loader_for_epoch=lambda e, s: [torch.ones(1, 1)], iters_per_epoch=1, total_epochs=1,
-                      ckpt_dir=tmp_path, config={}, progress=False)
+    trainer = Trainer(
+        model,
+        opt,
+        build_scheduler(opt, cfg, total_iters=1, iters_per_epoch=1),
+        train_step=lambda m, b: (m(b).sum() * float("nan"), {"rpn_loss_loc": float("nan")}),
+        loader_for_epoch=lambda e, s: [torch.ones(1, 1)],
+        iters_per_epoch=1,
+        total_epochs=1,
+        ckpt_dir=tmp_path,
+        config={},
+        progress=False,
+    )
     with pytest.raises(FloatingPointError, match="iteration 1.*rpn_loss_loc"):
         trainer.fit()
 
@@ -207,8 +257,11 @@ def test_prune_keeps_newest_epochs_numerically(tmp_path):
     (tmp_path / LATEST_CHECKPOINT).write_bytes(b"x")
     deleted = prune_checkpoints(tmp_path, keep=2)
     assert [p.name for p in deleted] == ["checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "checkpoint_epoch_9.pth"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == \
-        ["checkpoint_epoch_10.pth", "checkpoint_epoch_11.pth", LATEST_CHECKPOINT]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint_epoch_10.pth",
+        "checkpoint_epoch_11.pth",
+        LATEST_CHECKPOINT,
+    ]
     with pytest.raises(ValueError, match="max_ckpt_save_num"):
         prune_checkpoints(tmp_path, keep=0)
 
@@ -226,21 +279,34 @@ def test_metrics_csv_format(tmp_path):
         metrics.log(2, 1, {"train/loss": torch.tensor(1.25)})
     with open(tmp_path / "metrics.csv", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows == [["step", "epoch", "tag", "value"], ["1", "1", "train/loss", "2.5"],
-                    ["1", "1", "train/lr", "0.001"], ["2", "1", "train/loss", "1.25"]]
+    assert rows == [
+        ["step", "epoch", "tag", "value"],
+        ["1", "1", "train/loss", "2.5"],
+        ["1", "1", "train/lr", "0.001"],
+        ["2", "1", "train/loss", "1.25"],
+    ]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
 
 
 def test_eval_rows_replace_per_checkpoint(tmp_path):
     path = tmp_path / "eval_results.csv"
-    row = {"epoch": 1, "checkpoint": "checkpoint_epoch_1.pth", "class": "Car", "metric": "3d",
-           "difficulty": "moderate", "recall": "R11", "ap": 12.5}
+    row = {
+        "epoch": 1,
+        "checkpoint": "checkpoint_epoch_1.pth",
+        "class": "Car",
+        "metric": "3d",
+        "difficulty": "moderate",
+        "recall": "R11",
+        "ap": 12.5,
+    }
     append_eval_rows(path, [row])
     append_eval_rows(path, [dict(row, ap=13.0), dict(row, checkpoint="checkpoint_epoch_2.pth", epoch=2)])
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["checkpoint"], r["ap"]) for r in rows] == \
-        [("checkpoint_epoch_1.pth", "13.0"), ("checkpoint_epoch_2.pth", "12.5")]
+    assert [(r["checkpoint"], r["ap"]) for r in rows] == [
+        ("checkpoint_epoch_1.pth", "13.0"),
+        ("checkpoint_epoch_2.pth", "12.5"),
+    ]
     assert evaluated_checkpoints(path) == {"checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth"}
     with pytest.raises(ValueError, match="missing"):
         append_eval_rows(path, [{"epoch": 1}])
@@ -250,8 +316,9 @@ def test_load_pretrained_keeps_matching_shapes(tmp_path):
     source = TinyNet()
     atomic_torch_save({"model_state": source.state_dict()}, tmp_path / "pre.pth")
     target = torch.nn.Sequential()
-    target.net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
-                                     torch.nn.Dropout(0.2), torch.nn.Linear(8, 3))
+    target.net = torch.nn.Sequential(
+        torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(8, 3)
+    )
     loaded, skipped = load_pretrained(target, tmp_path / "pre.pth")
     assert skipped == ["net.4.bias", "net.4.weight"]
     assert torch.equal(target.net[0].weight, source.net[0].weight)

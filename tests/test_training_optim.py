@@ -1,4 +1,5 @@
 """Optimiser/scheduler semantics against hand-derived values of OpenPCDet's adam_onecycle and step decay."""
+
 import math
 
 import pytest
@@ -6,8 +7,14 @@ import torch
 
 from pcdet_gciou.training import build_optimizer, build_scheduler, onecycle_reference_lr
 
-ONECYCLE = {"OPTIMIZER": "adam_onecycle", "LR": 0.003, "WEIGHT_DECAY": 0.01, "MOMS": [0.95, 0.85],
-            "DIV_FACTOR": 10, "PCT_START": 0.4}
+ONECYCLE = {
+    "OPTIMIZER": "adam_onecycle",
+    "LR": 0.003,
+    "WEIGHT_DECAY": 0.01,
+    "MOMS": [0.95, 0.85],
+    "DIV_FACTOR": 10,
+    "PCT_START": 0.4,
+}
 
 
 def _run_schedule(cfg, total_iters, iters_per_epoch=1):
@@ -66,8 +73,14 @@ def test_onecycle_weight_decay_is_decoupled_and_beta2_is_stock():
 
 
 def test_step_decay_with_clip_and_warmup():
-    cfg = {"OPTIMIZER": "adam", "LR": 0.01, "WEIGHT_DECAY": 0.0, "DECAY_STEP_LIST": [2, 3], "LR_DECAY": 0.1,
-           "LR_CLIP": 0.0005}
+    cfg = {
+        "OPTIMIZER": "adam",
+        "LR": 0.01,
+        "WEIGHT_DECAY": 0.0,
+        "DECAY_STEP_LIST": [2, 3],
+        "LR_DECAY": 0.1,
+        "LR_CLIP": 0.0005,
+    }
     lrs, _ = _run_schedule(cfg, 10, iters_per_epoch=2)
     # epochs 0-1 (iters 0-3): 0.01; epoch 2 (iters 4-5): 0.001; from epoch 3: 1e-4 clipped to 5e-4.
     assert lrs[:4] == pytest.approx([0.01] * 4)

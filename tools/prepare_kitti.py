@@ -1,4 +1,5 @@
 """Check a KITTI folder and build OpenPCDet's info pkls and GT database; see data/README.md."""
+
 import sys
 from pathlib import Path
 

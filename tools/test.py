@@ -1,4 +1,5 @@
 """Evaluate checkpoints on KITTI val at R11 and R40; see `python tools/test.py --help`."""
+
 import sys
 from pathlib import Path
 

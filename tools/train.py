@@ -1,4 +1,5 @@
 """Train an OpenPCDet detector; see `python tools/train.py --help` and README (reproduction guide)."""
+
 import sys
 from pathlib import Path
 

@@ -9,6 +9,7 @@ A run directory is what ``tools/train.py`` / ``tools/test.py`` write, ``output/<
 Runs in progress are fine: a half-written last line is skipped, and a run without any data is reported by
 name instead of failing.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,8 +21,22 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 APKey = Tuple[str, str, str, str]  # (class, metric, difficulty, recall)
-SUMMARY_FIELDS = ("run", "class", "metric", "difficulty", "recall", "epochs_evaluated", "best_ap", "best_epoch",
-                  "final_ap", "final_epoch", "epoch_95pct_of_best", "auc_ap_epoch", "mean_ap_over_span", "note")
+SUMMARY_FIELDS = (
+    "run",
+    "class",
+    "metric",
+    "difficulty",
+    "recall",
+    "epochs_evaluated",
+    "best_ap",
+    "best_epoch",
+    "final_ap",
+    "final_epoch",
+    "epoch_95pct_of_best",
+    "auc_ap_epoch",
+    "mean_ap_over_span",
+    "note",
+)
 
 
 @dataclass
@@ -60,8 +75,11 @@ def _series(rows: List[Tuple[int, float, float]]) -> Series:
     for step, epoch, value in rows:
         by_step[step] = (epoch, value)
     steps = np.array(sorted(by_step), dtype=np.int64)
-    return Series(steps, np.array([by_step[s][1] for s in steps], dtype=float),
-                  np.array([by_step[s][0] for s in steps], dtype=float))
+    return Series(
+        steps,
+        np.array([by_step[s][1] for s in steps], dtype=float),
+        np.array([by_step[s][0] for s in steps], dtype=float),
+    )
 
 
 def read_metrics_csv(path: Path) -> Tuple[Dict[str, Series], int]:
@@ -177,9 +195,14 @@ def ap_convergence(epochs: np.ndarray, ap: np.ndarray) -> Dict[str, float]:
     auc = float(np.sum((ap[1:] + ap[:-1]) / 2 * np.diff(epochs))) if len(ap) > 1 else 0.0
     span = float(epochs[-1] - epochs[0])
     return {
-        "epochs_evaluated": len(ap), "best_ap": float(ap[best]), "best_epoch": int(epochs[best]),
-        "final_ap": float(ap[-1]), "final_epoch": int(epochs[-1]), "epoch_95pct_of_best": int(epochs[reach]),
-        "auc_ap_epoch": auc, "mean_ap_over_span": auc / span if span > 0 else float(ap[0]),
+        "epochs_evaluated": len(ap),
+        "best_ap": float(ap[best]),
+        "best_epoch": int(epochs[best]),
+        "final_ap": float(ap[-1]),
+        "final_epoch": int(epochs[-1]),
+        "epoch_95pct_of_best": int(epochs[reach]),
+        "auc_ap_epoch": auc,
+        "mean_ap_over_span": auc / span if span > 0 else float(ap[0]),
     }
 
 
@@ -194,8 +217,17 @@ def summary_rows(runs: Sequence[RunCurves], *, metric: str = "3d", difficulty: s
             continue
         for key in keys:
             epochs, ap = run.ap[key]
-            rows.append({"run": run.label, "class": key[0], "metric": key[1], "difficulty": key[2],
-                         "recall": key[3], **ap_convergence(epochs, ap), "note": ""})
+            rows.append(
+                {
+                    "run": run.label,
+                    "class": key[0],
+                    "metric": key[1],
+                    "difficulty": key[2],
+                    "recall": key[3],
+                    **ap_convergence(epochs, ap),
+                    "note": "",
+                }
+            )
     return rows
 
 
@@ -204,29 +236,56 @@ def _fmt(value) -> str:
 
 
 def summary_markdown(rows: Sequence[dict]) -> str:
-    cols = ("run", "class", "recall", "epochs_evaluated", "best_ap", "best_epoch", "final_ap", "final_epoch",
-            "epoch_95pct_of_best", "auc_ap_epoch", "mean_ap_over_span", "note")
+    cols = (
+        "run",
+        "class",
+        "recall",
+        "epochs_evaluated",
+        "best_ap",
+        "best_epoch",
+        "final_ap",
+        "final_epoch",
+        "epoch_95pct_of_best",
+        "auc_ap_epoch",
+        "mean_ap_over_span",
+        "note",
+    )
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
-def write_summary(rows: Sequence[dict], out_dir: Path, *, metric: str, difficulty: str,
-                  runs: Sequence[RunCurves], figures: Sequence[str]) -> str:
-    text = "\n".join([
-        f"# Convergence comparison ({metric} AP, {difficulty})",
-        "",
-        "AP in percent. epoch_95pct_of_best: first evaluated epoch with AP >= 95 % of the run's best. "
-        "auc_ap_epoch: trapezoid area under AP(epoch) between the first and last evaluated epochs "
-        "(compare runs with the same evaluated span; mean_ap_over_span = area / span).",
-        "",
-        summary_markdown(rows),
-        "",
-        "Runs: " + "; ".join(
-            f"{r.label} = {r.run_dir} (scalars: {r.scalar_source}"
-            + (f", {r.skipped_rows} unreadable rows skipped" if r.skipped_rows else "") + ")" for r in runs),
-        "",
-    ] + [f"![{name}]({name})" for name in figures] + [""])
+def write_summary(
+    rows: Sequence[dict],
+    out_dir: Path,
+    *,
+    metric: str,
+    difficulty: str,
+    runs: Sequence[RunCurves],
+    figures: Sequence[str],
+) -> str:
+    text = "\n".join(
+        [
+            f"# Convergence comparison ({metric} AP, {difficulty})",
+            "",
+            "AP in percent. epoch_95pct_of_best: first evaluated epoch with AP >= 95 % of the run's best. "
+            "auc_ap_epoch: trapezoid area under AP(epoch) between the first and last evaluated epochs "
+            "(compare runs with the same evaluated span; mean_ap_over_span = area / span).",
+            "",
+            summary_markdown(rows),
+            "",
+            "Runs: "
+            + "; ".join(
+                f"{r.label} = {r.run_dir} (scalars: {r.scalar_source}"
+                + (f", {r.skipped_rows} unreadable rows skipped" if r.skipped_rows else "")
+                + ")"
+                for r in runs
+            ),
+            "",
+        ]
+        + [f"![{name}]({name})" for name in figures]
+        + [""]
+    )
     with open(out_dir / "summary.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS)
         writer.writeheader()
@@ -240,8 +299,14 @@ def _loss_tags(runs: Sequence[RunCurves]) -> List[str]:
     return sorted(tags)
 
 
-def plot_runs(runs: Sequence[RunCurves], out_dir: Path, *, smoothing: float = 0.9, metric: str = "3d",
-              difficulty: str = "moderate") -> List[str]:
+def plot_runs(
+    runs: Sequence[RunCurves],
+    out_dir: Path,
+    *,
+    smoothing: float = 0.9,
+    metric: str = "3d",
+    difficulty: str = "moderate",
+) -> List[str]:
     """Write ``losses.png``, ``iou_pos.png`` and ``ap.png`` (each only if some run has the data); returns names."""
     import matplotlib
 
@@ -264,8 +329,15 @@ def plot_runs(runs: Sequence[RunCurves], out_dir: Path, *, smoothing: float = 0.
                     continue
                 colour = colours[j % len(colours)]
                 ax.plot(series.steps, series.values, color=colour, alpha=0.2, linewidth=0.8)
-                ax.plot(series.steps, ema(series.values, smoothing), color=colour, linewidth=1.4, label=run.label,
-                        marker="o" if len(series.steps) < 20 else None, markersize=3)  # short runs stay visible
+                ax.plot(
+                    series.steps,
+                    ema(series.values, smoothing),
+                    color=colour,
+                    linewidth=1.4,
+                    label=run.label,
+                    marker="o" if len(series.steps) < 20 else None,
+                    markersize=3,
+                )  # short runs stay visible
             ax.set_title(tag, fontsize=9)
             ax.set_xlabel("iteration", fontsize=8)
             ax.set_ylabel(ylabel_of(tag), fontsize=8)
@@ -289,16 +361,23 @@ def plot_runs(runs: Sequence[RunCurves], out_dir: Path, *, smoothing: float = 0.
     classes = sorted({k[0] for r in runs for k in r.ap if k[1] == metric and k[2] == difficulty})
     recalls = sorted({k[3] for r in runs for k in r.ap if k[1] == metric and k[2] == difficulty})
     if classes:
-        fig, axes = plt.subplots(len(classes), len(recalls), figsize=(4.6 * len(recalls), 3.2 * len(classes)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            len(classes), len(recalls), figsize=(4.6 * len(recalls), 3.2 * len(classes)), squeeze=False
+        )
         for ci, cls in enumerate(classes):
             for ri, recall in enumerate(recalls):
                 ax = axes[ci][ri]
                 for j, run in enumerate(runs):
                     entry = run.ap.get((cls, metric, difficulty, recall))
                     if entry is not None:
-                        ax.plot(entry[0], entry[1], marker="o", markersize=3, color=colours[j % len(colours)],
-                                label=run.label)
+                        ax.plot(
+                            entry[0],
+                            entry[1],
+                            marker="o",
+                            markersize=3,
+                            color=colours[j % len(colours)],
+                            label=run.label,
+                        )
                 ax.set_title(f"{cls} {metric} AP, {difficulty}, {recall}", fontsize=9)
                 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 ax.set_xlabel("epoch", fontsize=8)
@@ -312,8 +391,15 @@ def plot_runs(runs: Sequence[RunCurves], out_dir: Path, *, smoothing: float = 0.
     return written
 
 
-def compare_runs(run_dirs: Sequence, out_dir, *, labels: Optional[Sequence[str]] = None, smoothing: float = 0.9,
-                 metric: str = "3d", difficulty: str = "moderate") -> Tuple[List[RunCurves], List[dict], str]:
+def compare_runs(
+    run_dirs: Sequence,
+    out_dir,
+    *,
+    labels: Optional[Sequence[str]] = None,
+    smoothing: float = 0.9,
+    metric: str = "3d",
+    difficulty: str = "moderate",
+) -> Tuple[List[RunCurves], List[dict], str]:
     """Load, plot and tabulate runs; returns ``(runs, summary rows, markdown)``."""
     if not run_dirs:
         raise ValueError("expected at least one run directory")

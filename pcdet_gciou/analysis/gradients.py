@@ -13,6 +13,7 @@ boundary angle, which is ``2 atan(dy / dx)`` for two equal boxes):
     \\frac{\\partial (1 - IoU)}{\\partial \\Delta} = IoU (1 + IoU) \\cot\\Delta, \\qquad
     \\frac{\\partial (-\\ln IoU)}{\\partial \\Delta} = (1 + IoU) \\cot\\Delta
 """
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,9 @@ def _aligned_pair(angles: torch.Tensor, size: Sequence[float], base_heading: flo
     return target
 
 
-def angle_gradient(loss: LossFn, angles: torch.Tensor, *, size: Sequence[float] = CAR_SIZE,
-                   base_heading: float = 0.3) -> Tuple[torch.Tensor, torch.Tensor]:
+def angle_gradient(
+    loss: LossFn, angles: torch.Tensor, *, size: Sequence[float] = CAR_SIZE, base_heading: float = 0.3
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(dL/dDelta, loss)``, each ``(K,)``, for a centre-aligned pair whose prediction is turned by ``(K,)`` angles.
 
     Args:
@@ -71,8 +73,14 @@ def angle_gradient(loss: LossFn, angles: torch.Tensor, *, size: Sequence[float] 
     return grad.detach(), value.detach()
 
 
-def size_gradient(loss: LossFn, scales: torch.Tensor, *, size: Sequence[float] = CAR_SIZE,
-                  angle: float = 1.0, pred_size_ratio: Sequence[float] = (1.1, 0.9, 1.05)) -> torch.Tensor:
+def size_gradient(
+    loss: LossFn,
+    scales: torch.Tensor,
+    *,
+    size: Sequence[float] = CAR_SIZE,
+    angle: float = 1.0,
+    pred_size_ratio: Sequence[float] = (1.1, 0.9, 1.05),
+) -> torch.Tensor:
     """``(K, 3)`` gradient of the loss w.r.t. the prediction's ``(dx, dy, dz)`` when both boxes are scaled by ``s``.
 
     The target has size ``s * size``; the prediction is centre-aligned, turned by ``angle`` and has size
@@ -100,8 +108,9 @@ def closed_form_angle_gradient(iou: torch.Tensor, angles: torch.Tensor, kind: st
     raise ValueError(f"kind must be 'iou' or 'log_iou', got {kind!r}")
 
 
-def angle_gradient_table(angles: torch.Tensor, losses: Dict[str, LossFn] = ANGLE_LOSSES,
-                         size: Sequence[float] = CAR_SIZE) -> Dict[str, torch.Tensor]:
+def angle_gradient_table(
+    angles: torch.Tensor, losses: Dict[str, LossFn] = ANGLE_LOSSES, size: Sequence[float] = CAR_SIZE
+) -> Dict[str, torch.Tensor]:
     """``{loss name: (K,) dL/dDelta}`` for every loss in ``losses``."""
     return {name: angle_gradient(fn, angles, size=size)[0] for name, fn in losses.items()}
 
@@ -113,7 +122,9 @@ def size_gradient_table(scales: torch.Tensor, size: Sequence[float] = CAR_SIZE) 
     return {"-ln IoU": plain.norm(dim=-1), "-ln IoU + rescaling (Eq. 18)": rescaled.norm(dim=-1)}
 
 
-def write_gradient_figures(out_dir, *, n_angles: int = 301, scales: Sequence[float] = (0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)):
+def write_gradient_figures(
+    out_dir, *, n_angles: int = 301, scales: Sequence[float] = (0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+):
     """Write ``angle_gradients.csv/.png`` (dL/dDelta vs Delta in [0, 1.5]) and ``size_gradients.csv/.png``.
 
     Returns the paths written.
@@ -145,9 +156,15 @@ def write_gradient_figures(out_dir, *, n_angles: int = 301, scales: Sequence[flo
             writer.writerow([f"{s:g}"] + [f"{v[i].item():.6g}" for v in sizes.values()])
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    styles = {"1 - IoU": ("tab:blue", "--"), "-ln IoU": ("tab:blue", "-"), "GCIoU f": ("tab:green", "-"),
-              "GCIoU g=tan": ("tab:orange", ":"), "GCIoU g=e^D-1": ("tab:brown", ":"),
-              "GCIoU f+g=tan": ("tab:red", "-"), "GCIoU f+g=e^D-1": ("black", "-.")}
+    styles = {
+        "1 - IoU": ("tab:blue", "--"),
+        "-ln IoU": ("tab:blue", "-"),
+        "GCIoU f": ("tab:green", "-"),
+        "GCIoU g=tan": ("tab:orange", ":"),
+        "GCIoU g=e^D-1": ("tab:brown", ":"),
+        "GCIoU f+g=tan": ("tab:red", "-"),
+        "GCIoU f+g=e^D-1": ("black", "-."),
+    }
     for name, values in table.items():
         colour, style = styles.get(name, (None, "-"))
         for ax in (left, right):
@@ -183,5 +200,7 @@ def write_gradient_figures(out_dir, *, n_angles: int = 301, scales: Sequence[flo
     fig.tight_layout()
     fig.savefig(out / "size_gradients.png", dpi=80)
     plt.close(fig)
-    return [out / name for name in ("angle_gradients.csv", "angle_gradients.png", "size_gradients.csv",
-                                    "size_gradients.png")]
+    return [
+        out / name
+        for name in ("angle_gradients.csv", "angle_gradients.png", "size_gradients.csv", "size_gradients.png")
+    ]

@@ -2,6 +2,7 @@
 
 Imports nothing but torch. See :mod:`pcdet_gciou.geometry.boxes` for the box convention.
 """
+
 from .boxes import (
     box_corners_3d,
     box_corners_bev,

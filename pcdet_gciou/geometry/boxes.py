@@ -26,6 +26,7 @@ same at z + dz/2. :func:`box_corners_bev` returns corners 0..3 in (x, y).
 
 Negative extents are treated as zero everywhere in :mod:`pcdet_gciou.geometry`.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,9 +48,7 @@ def check_boxes(name: str, boxes: object) -> None:
     if not boxes.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {boxes.dtype}")
     if boxes.dim() == 0 or boxes.shape[-1] != BOX_DIM:
-        raise ValueError(
-            f"{name} must have shape (..., 7) = [x, y, z, dx, dy, dz, heading], got {tuple(boxes.shape)}"
-        )
+        raise ValueError(f"{name} must have shape (..., 7) = [x, y, z, dx, dy, dz, heading], got {tuple(boxes.shape)}")
 
 
 def check_box_pair(boxes1: object, boxes2: object, *, broadcast: bool = True) -> torch.Size:
@@ -191,16 +190,23 @@ def enclosing_box_bev(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tenso
     extent_v = v.amax(dim=-1) - v.amin(dim=-1)
     choose_second = (extent_u * extent_v).argmin(dim=-1, keepdim=True)
     return torch.stack(
-        [extent_u.gather(-1, choose_second)[..., 0], extent_v.gather(-1, choose_second)[..., 0],
-         headings.gather(-1, choose_second)[..., 0]],
+        [
+            extent_u.gather(-1, choose_second)[..., 0],
+            extent_v.gather(-1, choose_second)[..., 0],
+            headings.gather(-1, choose_second)[..., 0],
+        ],
         dim=-1,
     )
 
 
 def enclosing_z_extent(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """Height of the smallest z-interval enclosing both boxes, ``(...)``."""
-    top = torch.maximum(boxes1[..., 2] + boxes1[..., 5].clamp_min(0) / 2, boxes2[..., 2] + boxes2[..., 5].clamp_min(0) / 2)
-    bottom = torch.minimum(boxes1[..., 2] - boxes1[..., 5].clamp_min(0) / 2, boxes2[..., 2] - boxes2[..., 5].clamp_min(0) / 2)
+    top = torch.maximum(
+        boxes1[..., 2] + boxes1[..., 5].clamp_min(0) / 2, boxes2[..., 2] + boxes2[..., 5].clamp_min(0) / 2
+    )
+    bottom = torch.minimum(
+        boxes1[..., 2] - boxes1[..., 5].clamp_min(0) / 2, boxes2[..., 2] - boxes2[..., 5].clamp_min(0) / 2
+    )
     return top - bottom
 
 
@@ -236,12 +242,10 @@ def points_in_boxes_mask(points: torch.Tensor, boxes: torch.Tensor, *, chunk_siz
     half = boxes[:, 3:6].clamp_min(0) / 2
     masks = []
     for start in range(0, points.shape[0], chunk_size):
-        rel = points[start:start + chunk_size, None, :3].to(boxes.dtype) - boxes[None, :, :3]
+        rel = points[start : start + chunk_size, None, :3].to(boxes.dtype) - boxes[None, :, :3]
         local_x = rel[..., 0] * cos + rel[..., 1] * sin
         local_y = -rel[..., 0] * sin + rel[..., 1] * cos
-        masks.append(
-            (local_x.abs() <= half[:, 0]) & (local_y.abs() <= half[:, 1]) & (rel[..., 2].abs() <= half[:, 2])
-        )
+        masks.append((local_x.abs() <= half[:, 0]) & (local_y.abs() <= half[:, 1]) & (rel[..., 2].abs() <= half[:, 2]))
     if not masks:
         return torch.zeros(0, boxes.shape[0], dtype=torch.bool, device=points.device)
     return torch.cat(masks, dim=0)

@@ -19,6 +19,7 @@ the crossing parameters are well conditioned even when one box is 1e11 m long.
 References: Sutherland & Hodgman, "Reentrant polygon clipping", CACM 1974; the GCIoU paper (Ming et al.,
 CVPR 2023) uses the exact rotated 3D IoU ``I / U``, ``U = V1 + V2 - I`` (Sec. 3.1).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -155,7 +156,10 @@ def _overlap(kernel: Callable, boxes1: torch.Tensor, boxes2: torch.Tensor, compi
             return run(boxes1, boxes2)
         flat1 = boxes1.expand(*shape, 7).reshape(pairs, 7)
         flat2 = boxes2.expand(*shape, 7).reshape(pairs, 7)
-        parts = [run(flat1[i:i + PAIRS_PER_CHUNK], flat2[i:i + PAIRS_PER_CHUNK]) for i in range(0, pairs, PAIRS_PER_CHUNK)]
+        parts = [
+            run(flat1[i : i + PAIRS_PER_CHUNK], flat2[i : i + PAIRS_PER_CHUNK])
+            for i in range(0, pairs, PAIRS_PER_CHUNK)
+        ]
         return tuple(torch.cat([part[k] for part in parts]).view(shape) for k in range(2))
 
 
@@ -223,7 +227,9 @@ def _iou_matrix(
     check_boxes("boxes1", boxes1)
     check_boxes("boxes2", boxes2)
     if boxes1.dim() != 2 or boxes2.dim() != 2:
-        raise ValueError(f"expected boxes1 (N, 7) and boxes2 (M, 7), got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
+        raise ValueError(
+            f"expected boxes1 (N, 7) and boxes2 (M, 7), got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
+        )
     if boxes1.device != boxes2.device:
         raise ValueError(f"boxes1 and boxes2 must be on the same device, got {boxes1.device} and {boxes2.device}")
     if block_elements < 1 or pair_chunk < 1:
@@ -240,18 +246,18 @@ def _iou_matrix(
     radius2 = torch.hypot(boxes2[:, 3].clamp_min(0), boxes2[:, 4].clamp_min(0)) / 2
     rows = max(1, block_elements // m)
     for start in range(0, n, rows):
-        block = boxes1[start:start + rows]
+        block = boxes1[start : start + rows]
         # Bounding-circle (and z-interval) prefilter: exact IoU only for pairs that can overlap.
         # Differences first: cdist's |a|^2 + |b|^2 - 2ab expansion cancels catastrophically at 1e4 m in float32.
         distance = torch.hypot(block[:, None, 0] - boxes2[None, :, 0], block[:, None, 1] - boxes2[None, :, 1])
-        candidate = distance <= radius1[start:start + rows, None] + radius2[None, :]
+        candidate = distance <= radius1[start : start + rows, None] + radius2[None, :]
         if use_height:
             gap = (block[:, None, 2] - boxes2[None, :, 2]).abs()
             candidate &= gap <= (block[:, None, 5].clamp_min(0) + boxes2[None, :, 5].clamp_min(0)) / 2
         index1, index2 = candidate.nonzero(as_tuple=True)
         for pair_start in range(0, index1.numel(), pair_chunk):
-            i = index1[pair_start:pair_start + pair_chunk]
-            j = index2[pair_start:pair_start + pair_chunk]
+            i = index1[pair_start : pair_start + pair_chunk]
+            j = index2[pair_start : pair_start + pair_chunk]
             result[start + i, j] = _safe_ratio(*kernel(block[i], boxes2[j]))
     return result
 

@@ -3,6 +3,7 @@
 Each loss is a function ``loss(pred, target, weights=None, *, reduction="none", eps=1e-6, ...)`` plus an
 ``nn.Module`` that stores the options; :func:`build_loss` builds a module by the name configs use.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -1,4 +1,5 @@
 """Shared input checks and reductions for the box losses."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -21,9 +22,13 @@ def check_loss_inputs(
         raise ValueError(f"eps must be a positive number, got {eps!r}")
     if weights is not None:
         if not isinstance(weights, torch.Tensor):
-            raise TypeError(f"weights must be a torch.Tensor of shape {tuple(pred.shape[:-1])}, got {type(weights).__name__}")
+            raise TypeError(
+                f"weights must be a torch.Tensor of shape {tuple(pred.shape[:-1])}, got {type(weights).__name__}"
+            )
         if weights.shape != pred.shape[:-1]:
-            raise ValueError(f"weights must have shape {tuple(pred.shape[:-1])} (pred without its last dim), got {tuple(weights.shape)}")
+            raise ValueError(
+                f"weights must have shape {tuple(pred.shape[:-1])} (pred without its last dim), got {tuple(weights.shape)}"
+            )
         if weights.device != pred.device:
             raise ValueError(f"weights must be on {pred.device}, got {weights.device}")
     return _float_for_geometry(pred), _float_for_geometry(target).to(_float_for_geometry(pred).dtype)

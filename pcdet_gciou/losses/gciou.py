@@ -4,6 +4,7 @@ Reference: Q. Ming, L. Miao, Z. Ma, L. Zhao, Z. Zhou, X. Huang, Y. Chen, Y. Guo,
 Better Optimization for 3D Object Detection with Gradient-Corrected IoU Supervision", CVPR 2023,
 pp. 5136-5145.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,7 +65,7 @@ def rescale_size_grad(boxes: torch.Tensor, factor: torch.Tensor) -> torch.Tensor
 
 
 def _angle_weight(delta: torch.Tensor, alpha: Optional[float]) -> torch.Tensor:
-    return torch.ones_like(delta) if alpha is None else torch.exp(delta ** alpha)
+    return torch.ones_like(delta) if alpha is None else torch.exp(delta**alpha)
 
 
 def _angle_offset(delta: torch.Tensor, g: Optional[str]) -> torch.Tensor:
@@ -187,11 +188,20 @@ class GCIoULoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
         return gciou_loss(
-            pred, target, weights, alpha=self.alpha, g=self.g, max_angle=self.max_angle,
-            grad_rescale=self.grad_rescale, rescale_normalize=self.rescale_normalize,
-            reduction=self.reduction, eps=self.eps,
+            pred,
+            target,
+            weights,
+            alpha=self.alpha,
+            g=self.g,
+            max_angle=self.max_angle,
+            grad_rescale=self.grad_rescale,
+            rescale_normalize=self.rescale_normalize,
+            reduction=self.reduction,
+            eps=self.eps,
         )
 
     def extra_repr(self) -> str:
-        return (f"alpha={self.alpha}, g={self.g!r}, max_angle={self.max_angle:.4f}, grad_rescale={self.grad_rescale}, "
-                f"rescale_normalize={self.rescale_normalize}, reduction={self.reduction!r}")
+        return (
+            f"alpha={self.alpha}, g={self.g!r}, max_angle={self.max_angle:.4f}, grad_rescale={self.grad_rescale}, "
+            f"rescale_normalize={self.rescale_normalize}, reduction={self.reduction!r}"
+        )

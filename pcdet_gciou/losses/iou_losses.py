@@ -18,6 +18,7 @@ IoU is the exact rotated 3D IoU. ``C`` is the volume and ``c`` the diagonal of t
 :func:`pcdet_gciou.geometry.enclosing_box_3d` (aligned with one of the two boxes), ``rho`` the distance of the
 centres.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Optional
@@ -107,7 +108,7 @@ def rotation_decoupled_iou(pred: torch.Tensor, target: torch.Tensor, eps: float 
     enclosing = torch.maximum(centre_p + size_p / 2, centre_t + size_t / 2) - torch.minimum(
         centre_p - size_p / 2, centre_t - size_t / 2
     )
-    penalty = ((centre_p - centre_t) ** 2).sum(dim=-1) / ((enclosing ** 2).sum(dim=-1) + eps)
+    penalty = ((centre_p - centre_t) ** 2).sum(dim=-1) / ((enclosing**2).sum(dim=-1) + eps)
     return _safe_ratio(intersection, union), penalty
 
 

@@ -12,6 +12,7 @@ On a machine without CUDA, call ``pcdet_gciou.openpcdet.cpu.install()`` before a
 The head classes are also reachable as attributes (``pcdet_gciou.openpcdet.AnchorHeadSingleGCIoU``);
 that access imports ``pcdet`` lazily but does not register anything.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -56,7 +57,8 @@ def register() -> list[str]:
         elif existing is not cls:
             raise ValueError(
                 f"{registry_module}.__all__[{name!r}] already holds {existing.__module__}.{existing.__qualname__}; "
-                f"refusing to replace it with {cls.__module__}.{cls.__qualname__}")
+                f"refusing to replace it with {cls.__module__}.{cls.__qualname__}"
+            )
     for registry, name, cls in pending:
         registry[name] = cls
         added.append(name)

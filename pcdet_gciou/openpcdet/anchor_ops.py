@@ -4,6 +4,7 @@ Encodings follow OpenPCDet's ``ResidualCoder`` (code size 7): ``(x_t, y_t, z_t, 
 with ``x_t = (x - x_a) / d_a``, ``y_t = (y - y_a) / d_a`` (``d_a`` the anchor's BEV diagonal),
 ``z_t = (z - z_a) / dz_a``, ``t_d* = log(d* / d*_a)`` and ``r_t = heading - heading_a``.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
@@ -14,8 +15,16 @@ import torch.nn.functional as F
 from pcdet_gciou.geometry import rotated_iou_3d
 
 __all__ = [
-    "flat_anchors", "mean_positive_iou", "SIZE_LOG_CLAMP", "straight_through_clamp", "clamp_encoded_sizes", "residual_space_boxes", "shift_no_wrap",
-    "heading_across_axis", "enlarge_positives", "quality_focal_loss",
+    "flat_anchors",
+    "mean_positive_iou",
+    "SIZE_LOG_CLAMP",
+    "straight_through_clamp",
+    "clamp_encoded_sizes",
+    "residual_space_boxes",
+    "shift_no_wrap",
+    "heading_across_axis",
+    "enlarge_positives",
+    "quality_focal_loss",
 ]
 
 #: Bound on the encoded log-size ratios ``t_d* = log(d*/d*_a)`` before they are exponentiated for an
@@ -120,7 +129,8 @@ def enlarge_positives(
     if labels.dim() != 4 or reg_targets.shape[:4] != labels.shape or anchors.shape[:3] != labels.shape[1:]:
         raise ValueError(
             "expected labels (B, ny, nx, A), reg_targets (B, ny, nx, A, 7), anchors (ny, nx, A, 7); got "
-            f"{tuple(labels.shape)}, {tuple(reg_targets.shape)}, {tuple(anchors.shape)}")
+            f"{tuple(labels.shape)}, {tuple(reg_targets.shape)}, {tuple(anchors.shape)}"
+        )
     positive = labels > 0
     batch_anchors = anchors.unsqueeze(0).expand_as(reg_targets)
     along_y = heading_across_axis(anchors[0, 0, :, 6])
@@ -167,7 +177,9 @@ def mean_positive_iou(head) -> Optional[float]:
     positives; ``None`` when ``head`` is not such a head or has no training outputs.
     """
     outputs = getattr(head, "forward_ret_dict", None)
-    if not isinstance(outputs, dict) or not all(k in outputs for k in ("box_preds", "box_cls_labels", "box_reg_targets")):
+    if not isinstance(outputs, dict) or not all(
+        k in outputs for k in ("box_preds", "box_cls_labels", "box_reg_targets")
+    ):
         return None
     coder = getattr(head, "box_coder", None)
     if getattr(coder, "code_size", None) != 7 or not hasattr(head, "anchors"):
@@ -182,7 +194,9 @@ def mean_positive_iou(head) -> Optional[float]:
         return 0.0
     anchors = flat_anchors(head.anchors, getattr(head, "use_multihead", False)).float()
     anchors = anchors.unsqueeze(0).expand(batch_size, -1, -1)[positives]
-    pred = coder.decode_torch(clamp_encoded_sizes(box_preds.view(batch_size, num_anchors, 7)[positives].float()), anchors)
+    pred = coder.decode_torch(
+        clamp_encoded_sizes(box_preds.view(batch_size, num_anchors, 7)[positives].float()), anchors
+    )
     target = coder.decode_torch(outputs["box_reg_targets"][positives].float(), anchors)
     return float(rotated_iou_3d(pred, target).mean())
 

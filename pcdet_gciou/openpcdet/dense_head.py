@@ -3,6 +3,7 @@
 Imports ``pcdet``: only :func:`pcdet_gciou.openpcdet.register` imports this module (on a CPU-only
 machine call ``pcdet_gciou.openpcdet.cpu.install()`` first).
 """
+
 from __future__ import annotations
 
 import torch
@@ -12,8 +13,14 @@ from pcdet.utils.box_coder_utils import ResidualCoder
 from pcdet_gciou.geometry import rotated_iou_3d
 from pcdet_gciou.losses import build_loss
 
-from .anchor_ops import (clamp_encoded_sizes, enlarge_positives, flat_anchors, mean_positive_iou, quality_focal_loss,
-                         residual_space_boxes)
+from .anchor_ops import (
+    clamp_encoded_sizes,
+    enlarge_positives,
+    flat_anchors,
+    mean_positive_iou,
+    quality_focal_loss,
+    residual_space_boxes,
+)
 from .loss_config import parse_dense_loss_config
 
 __all__ = ["AnchorHeadSingleGCIoU", "QFL_SCALE"]
@@ -51,17 +58,33 @@ class AnchorHeadSingleGCIoU(AnchorHeadSingle):
     decoded space, so runs in either space compare; 0.0 for a batch without positives).
     """
 
-    def __init__(self, model_cfg, input_channels, num_class, class_names, grid_size, point_cloud_range,
-                 predict_boxes_when_training=True, **kwargs):
+    def __init__(
+        self,
+        model_cfg,
+        input_channels,
+        num_class,
+        class_names,
+        grid_size,
+        point_cloud_range,
+        predict_boxes_when_training=True,
+        **kwargs,
+    ):
         options = parse_dense_loss_config(model_cfg.LOSS_CONFIG)
         super().__init__(
-            model_cfg=model_cfg, input_channels=input_channels, num_class=num_class, class_names=class_names,
-            grid_size=grid_size, point_cloud_range=point_cloud_range,
-            predict_boxes_when_training=predict_boxes_when_training, **kwargs)
+            model_cfg=model_cfg,
+            input_channels=input_channels,
+            num_class=num_class,
+            class_names=class_names,
+            grid_size=grid_size,
+            point_cloud_range=point_cloud_range,
+            predict_boxes_when_training=predict_boxes_when_training,
+            **kwargs,
+        )
         if not isinstance(self.box_coder, ResidualCoder) or self.box_coder.code_size != 7:
             raise ValueError(
                 f"{type(self).__name__} needs BOX_CODER ResidualCoder with code size 7 (no sin/cos angle), "
-                f"got {type(self.box_coder).__name__} with code size {self.box_coder.code_size}")
+                f"got {type(self.box_coder).__name__} with code size {self.box_coder.code_size}"
+            )
         if options.enlarge_positives and self.use_multihead:
             raise ValueError("ENLARGE_POSITIVES needs a single shared anchor map; USE_MULTIHEAD is True")
         self.loss_options = options
@@ -94,7 +117,8 @@ class AnchorHeadSingleGCIoU(AnchorHeadSingle):
         targets["box_cls_labels"] = labels.view(batch_size, -1)
         targets["box_reg_targets"] = reg_targets.view(batch_size, -1, reg_targets.shape[-1])
         targets["reg_weights"] = torch.where(
-            added.view(batch_size, -1), torch.ones_like(targets["reg_weights"]), targets["reg_weights"])
+            added.view(batch_size, -1), torch.ones_like(targets["reg_weights"]), targets["reg_weights"]
+        )
         return targets
 
     # ---------------------------------------------------------------------------------------- positives
@@ -112,8 +136,13 @@ class AnchorHeadSingleGCIoU(AnchorHeadSingle):
         per_sample = positives.sum(dim=1, keepdim=True).clamp(min=1).to(box_preds.dtype)
         weights = (positives.to(box_preds.dtype) / per_sample)[positives]
         anchors = self._flat_anchors().to(box_preds.dtype).unsqueeze(0).expand(batch_size, -1, -1)
-        return (positives, weights, box_preds[positives].float(),
-                self.forward_ret_dict["box_reg_targets"][positives].float(), anchors[positives].float())
+        return (
+            positives,
+            weights,
+            box_preds[positives].float(),
+            self.forward_ret_dict["box_reg_targets"][positives].float(),
+            anchors[positives].float(),
+        )
 
     def decode_positives(self, pred: torch.Tensor, target: torch.Tensor, anchors: torch.Tensor):
         """(P,7) encodings and anchors -> (P,7) decoded predicted boxes (sizes clamped) and GT boxes."""
@@ -178,8 +207,8 @@ class AnchorHeadSingleGCIoU(AnchorHeadSingle):
         if dir_cls_preds is not None:
             anchors_all = self._flat_anchors().unsqueeze(0).expand(batch_size, -1, -1)
             dir_targets = self.get_direction_target(
-                anchors_all, box_reg_targets, dir_offset=self.model_cfg.DIR_OFFSET,
-                num_bins=self.model_cfg.NUM_DIR_BINS)
+                anchors_all, box_reg_targets, dir_offset=self.model_cfg.DIR_OFFSET, num_bins=self.model_cfg.NUM_DIR_BINS
+            )
             dir_logits = dir_cls_preds.view(batch_size, -1, self.model_cfg.NUM_DIR_BINS)
             dir_loss = self.dir_loss_func(dir_logits, dir_targets, weights=reg_weights.type_as(dir_logits))
             dir_loss = dir_loss.sum() / batch_size * options.dir_weight

@@ -10,6 +10,7 @@ the official KITTI setting.
 On a machine without CUDA, ``pcdet_gciou.openpcdet.cpu.install()`` must run first: the evaluator's rotated IoU is a
 numba.cuda kernel, which the CPU layer replaces with ours.
 """
+
 from __future__ import annotations
 
 import copy
@@ -45,8 +46,9 @@ def kitti_ap_rows(gt_annos: Sequence[dict], det_annos: Sequence[dict], class_nam
     from pcdet.datasets.kitti.kitti_object_eval_python import eval as kitti_eval
 
     curves: dict = {}
-    text, _ = kitti_eval.get_official_eval_result(copy.deepcopy(list(gt_annos)), copy.deepcopy(list(det_annos)),
-                                                  classes, PR_detail_dict=curves)
+    text, _ = kitti_eval.get_official_eval_result(
+        copy.deepcopy(list(gt_annos)), copy.deepcopy(list(det_annos)), classes, PR_detail_dict=curves
+    )
     rows = []
     for metric, key in _METRICS.items():
         if key not in curves:
@@ -55,6 +57,13 @@ def kitti_ap_rows(gt_annos: Sequence[dict], det_annos: Sequence[dict], class_nam
         for recall, ap in reductions.items():
             for class_index, name in enumerate(classes):
                 for difficulty_index, difficulty in enumerate(DIFFICULTIES):
-                    rows.append({"class": name, "metric": metric, "difficulty": difficulty, "recall": recall,
-                                 "ap": float(ap[class_index, difficulty_index, _STRICT_OVERLAP])})
+                    rows.append(
+                        {
+                            "class": name,
+                            "metric": metric,
+                            "difficulty": difficulty,
+                            "recall": recall,
+                            "ap": float(ap[class_index, difficulty_index, _STRICT_OVERLAP]),
+                        }
+                    )
     return text, rows

@@ -20,26 +20,37 @@ RoI head (``PVRCNNHeadGCIoU``), ``MODEL.ROI_HEAD.LOSS_CONFIG`` = the stock keys 
 Unknown keys raise ValueError naming the key and listing the allowed ones: a misspelt option must
 never silently fall back to a default.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 __all__ = [
-    "LOSS_NAMES", "DenseLossOptions", "RoIIoULossOptions", "parse_dense_loss_config", "parse_roi_loss_config",
+    "LOSS_NAMES",
+    "DenseLossOptions",
+    "RoIIoULossOptions",
+    "parse_dense_loss_config",
+    "parse_roi_loss_config",
 ]
 
 LOSS_NAMES = ("gciou", "iou", "log_iou", "giou", "diou", "odiou", "rdiou")
 SPACES = ("decoded", "residual")
 ROI_IOU_MODES = ("add", "replace")
 
-DENSE_KEYS = ("LOSS_WEIGHTS", "REG_LOSS", "SPACE", "KEEP_SMOOTH_L1", "IOU_QUALITY_FOCAL", "ENLARGE_POSITIVES",
-              "REG_LOSS_TYPE")
+DENSE_KEYS = (
+    "LOSS_WEIGHTS",
+    "REG_LOSS",
+    "SPACE",
+    "KEEP_SMOOTH_L1",
+    "IOU_QUALITY_FOCAL",
+    "ENLARGE_POSITIVES",
+    "REG_LOSS_TYPE",
+)
 DENSE_WEIGHT_KEYS = ("cls_weight", "loc_weight", "dir_weight", "code_weights", "smooth_l1_weight")
 ROI_KEYS = ("CLS_LOSS", "REG_LOSS", "CORNER_LOSS_REGULARIZATION", "LOSS_WEIGHTS", "IOU_REG_LOSS")
 ROI_IOU_KEYS = ("ENABLED", "MODE", "LOSS")
-ROI_WEIGHT_KEYS = ("rcnn_cls_weight", "rcnn_reg_weight", "rcnn_corner_weight", "code_weights",
-                   "rcnn_iou_reg_weight")
+ROI_WEIGHT_KEYS = ("rcnn_cls_weight", "rcnn_reg_weight", "rcnn_corner_weight", "code_weights", "rcnn_iou_reg_weight")
 
 
 @dataclass(frozen=True)
@@ -134,8 +145,7 @@ def parse_dense_loss_config(loss_cfg: Mapping) -> DenseLossOptions:
         cls_weight=_number(f"{where}.LOSS_WEIGHTS.cls_weight", weights["cls_weight"]),
         loc_weight=loc_weight,
         dir_weight=_number(f"{where}.LOSS_WEIGHTS.dir_weight", weights["dir_weight"]),
-        smooth_l1_weight=_number(f"{where}.LOSS_WEIGHTS.smooth_l1_weight",
-                                 weights.get("smooth_l1_weight", loc_weight)),
+        smooth_l1_weight=_number(f"{where}.LOSS_WEIGHTS.smooth_l1_weight", weights.get("smooth_l1_weight", loc_weight)),
     )
 
 

@@ -10,6 +10,7 @@ Expected layout (OpenPCDet's ``data/kitti``)::
 Outputs, written into ``<root>`` like OpenPCDet's ``create_kitti_infos``: ``kitti_infos_{train,val,trainval,test}.pkl``,
 ``gt_database/`` and ``kitti_dbinfos_train.pkl``.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -39,14 +40,18 @@ def check_kitti_layout(root: str | Path) -> dict[str, int]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"KITTI root {root} does not exist; expected a folder with ImageSets/, training/ "
-                                f"and testing/ (link your KITTI object dataset there, see data/README.md)")
+        raise FileNotFoundError(
+            f"KITTI root {root} does not exist; expected a folder with ImageSets/, training/ "
+            f"and testing/ (link your KITTI object dataset there, see data/README.md)"
+        )
     counts = {}
     for split, (folder, subfolders) in KITTI_SPLIT_FOLDERS.items():
         split_file = root / "ImageSets" / f"{split}.txt"
         if not split_file.is_file():
-            raise FileNotFoundError(f"missing split list {split_file}; expected OpenPCDet's "
-                                    f"data/kitti/ImageSets/{split}.txt (one frame id per line)")
+            raise FileNotFoundError(
+                f"missing split list {split_file}; expected OpenPCDet's "
+                f"data/kitti/ImageSets/{split}.txt (one frame id per line)"
+            )
         ids = _read_ids(split_file)
         for sub, ext in subfolders.items():
             directory = root / folder / sub
@@ -57,13 +62,19 @@ def check_kitti_layout(root: str | Path) -> dict[str, int]:
             if missing:
                 raise FileNotFoundError(
                     f"{len(missing)} frame(s) of {split_file.name} have no {directory}/<id>{ext}, "
-                    f"first: {directory / (missing[0] + ext)}")
+                    f"first: {directory / (missing[0] + ext)}"
+                )
         counts[split] = len(ids)
     return counts
 
 
-def prepare_kitti(dataset_cfg: Mapping, root: str | Path, *, class_names: Sequence[str] = ("Car", "Pedestrian",
-                  "Cyclist"), workers: int = 4) -> list[Path]:
+def prepare_kitti(
+    dataset_cfg: Mapping,
+    root: str | Path,
+    *,
+    class_names: Sequence[str] = ("Car", "Pedestrian", "Cyclist"),
+    workers: int = 4,
+) -> list[Path]:
     """Check the layout and write infos + GT database into ``root`` with OpenPCDet's KITTI functions.
 
     Args:
@@ -82,8 +93,9 @@ def prepare_kitti(dataset_cfg: Mapping, root: str | Path, *, class_names: Sequen
     # create_kitti_infos uses `Path`, which kitti_dataset imports only under `if __name__ == "__main__"`.
     if not hasattr(kitti_dataset, "Path"):
         kitti_dataset.Path = pathlib.Path
-    kitti_dataset.create_kitti_infos(dataset_cfg=dataset_cfg, class_names=list(class_names), data_path=root,
-                                     save_path=root, workers=workers)
+    kitti_dataset.create_kitti_infos(
+        dataset_cfg=dataset_cfg, class_names=list(class_names), data_path=root, save_path=root, workers=workers
+    )
     outputs = [root / f"kitti_infos_{s}.pkl" for s in ("train", "val", "trainval", "test")]
     outputs += [root / "kitti_dbinfos_train.pkl", root / "gt_database"]
     absent = [str(p) for p in outputs if not p.exists()]

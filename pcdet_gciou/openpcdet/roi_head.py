@@ -3,6 +3,7 @@
 This option is ours: the GCIoU paper reports no RoI-head result, so it is off in the paper-faithful
 ``pv_rcnn_gciou.yaml``. Imports ``pcdet``: only :func:`pcdet_gciou.openpcdet.register` imports it.
 """
+
 from __future__ import annotations
 
 import torch

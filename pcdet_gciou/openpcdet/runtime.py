@@ -3,6 +3,7 @@
 Everything here imports ``pcdet`` lazily; :func:`import_pcdet` must run first (it installs the CPU layer when asked
 and registers our heads). The model-agnostic loop, checkpoints and logging live in :mod:`pcdet_gciou.training`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,15 +25,16 @@ def import_pcdet(cpu: bool) -> None:
 
         install()
     elif not torch.cuda.is_available():
-        raise RuntimeError("no CUDA device is visible; pass --cpu to run OpenPCDet through the CPU compatibility "
-                           "layer (for smoke tests only: a KITTI epoch takes hours on CPU)")
+        raise RuntimeError(
+            "no CUDA device is visible; pass --cpu to run OpenPCDet through the CPU compatibility "
+            "layer (for smoke tests only: a KITTI epoch takes hours on CPU)"
+        )
     from . import register
 
     register()
 
 
-def build_dataset(cfg: Mapping, *, training: bool, batch_size: int, workers: int,
-                  logger: logging.Logger | None = None):
+def build_dataset(cfg: Mapping, *, training: bool, batch_size: int, workers: int, logger: logging.Logger | None = None):
     """``(dataset, loader)`` from ``pcdet.datasets.build_dataloader`` (single process, no sampler).
 
     Training loaders are rebuilt from ``dataset`` by :func:`pcdet_gciou.training.make_epoch_loader`, whose seeded
@@ -40,13 +42,21 @@ def build_dataset(cfg: Mapping, *, training: bool, batch_size: int, workers: int
     """
     from pcdet.datasets import build_dataloader
 
-    dataset, loader, _ = build_dataloader(dataset_cfg=cfg["DATA_CONFIG"], class_names=list(cfg["CLASS_NAMES"]),
-                                          batch_size=batch_size, dist=False, workers=workers, logger=logger,
-                                          training=training)
+    dataset, loader, _ = build_dataloader(
+        dataset_cfg=cfg["DATA_CONFIG"],
+        class_names=list(cfg["CLASS_NAMES"]),
+        batch_size=batch_size,
+        dist=False,
+        workers=workers,
+        logger=logger,
+        training=training,
+    )
     if len(dataset) == 0:
         split = cfg["DATA_CONFIG"]["DATA_SPLIT"]["train" if training else "test"]
-        raise ValueError(f"the {split!r} split of {cfg['DATA_CONFIG'].get('DATA_PATH')} holds no frames; "
-                         f"run tools/prepare_kitti.py on that folder first")
+        raise ValueError(
+            f"the {split!r} split of {cfg['DATA_CONFIG'].get('DATA_PATH')} holds no frames; "
+            f"run tools/prepare_kitti.py on that folder first"
+        )
     return dataset, loader
 
 
@@ -134,8 +144,10 @@ def evaluate_kitti(model: torch.nn.Module, loader, cfg: Mapping, result_dir: str
     with open(result_dir / "result.pkl", "wb") as handle:
         pickle.dump(det_annos, handle)
     if not infos or "annos" not in infos[0]:
-        raise ValueError(f"the {cfg['DATA_CONFIG']['DATA_SPLIT']['test']!r} infos have no labels, so no AP can be "
-                         f"computed (detections were saved to {result_dir / 'result.pkl'})")
+        raise ValueError(
+            f"the {cfg['DATA_CONFIG']['DATA_SPLIT']['test']!r} infos have no labels, so no AP can be "
+            f"computed (detections were saved to {result_dir / 'result.pkl'})"
+        )
     gt_annos = [copy.deepcopy(info["annos"]) for info in infos]
     text, rows = kitti_ap_rows(gt_annos, det_annos, dataset.class_names)
     return rows, recall, text

@@ -1,4 +1,5 @@
 """Command line of ``python -m pcdet_gciou.simulate``."""
+
 from __future__ import annotations
 
 import argparse
@@ -51,24 +52,56 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pcdet_gciou.simulate",
         description="Regress a population of predicted boxes towards their GT with each loss and compare convergence.",
     )
-    parser.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, help="optimiser steps (default %(default)s)")
+    parser.add_argument(
+        "--steps", type=_positive_int, default=DEFAULT_STEPS, help="optimiser steps (default %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the populations (default %(default)s)")
-    parser.add_argument("--losses", type=_names, default=list(DEFAULT_LOSSES),
-                        help=f"comma-separated subset of {','.join(LOSS_SPECS)} (default: all)")
-    parser.add_argument("--scenarios", type=_names, default=list(SCENARIOS),
-                        help=f"comma-separated subset of {','.join(SCENARIOS)} or a,b,c (default: all)")
-    parser.add_argument("--boxes", type=_positive_int, default=DEFAULT_BOXES,
-                        help="boxes per group (per size class in the scale scenario; default %(default)s)")
-    parser.add_argument("--param", choices=PARAMETRISATIONS, default=None,
-                        help="parametrisation for every scenario (default: each scenario's own, see report.md)")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
-                        help="optimiser for every scenario (default: each scenario's own)")
-    parser.add_argument("--lr", type=_positive_float, default=None,
-                        help="learning rate for every scenario (default: each scenario's own)")
-    parser.add_argument("--out", type=Path, default=Path("output/simulation"), help="output folder (default %(default)s)")
+    parser.add_argument(
+        "--losses",
+        type=_names,
+        default=list(DEFAULT_LOSSES),
+        help=f"comma-separated subset of {','.join(LOSS_SPECS)} (default: all)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=_names,
+        default=list(SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)} or a,b,c (default: all)",
+    )
+    parser.add_argument(
+        "--boxes",
+        type=_positive_int,
+        default=DEFAULT_BOXES,
+        help="boxes per group (per size class in the scale scenario; default %(default)s)",
+    )
+    parser.add_argument(
+        "--param",
+        choices=PARAMETRISATIONS,
+        default=None,
+        help="parametrisation for every scenario (default: each scenario's own, see report.md)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=None,
+        help="optimiser for every scenario (default: each scenario's own)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=None,
+        help="learning rate for every scenario (default: each scenario's own)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("output/simulation"), help="output folder (default %(default)s)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default %(default)s)")
-    parser.add_argument("--threads", type=_positive_int, default=1,
-                        help="CPU threads for torch (default %(default)s: the tensors are small, one thread is fastest)")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help="CPU threads for torch (default %(default)s: the tensors are small, one thread is fastest)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -104,11 +137,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with tqdm(total=args.steps, desc="simulate " + ",".join(scenarios), unit="step", disable=args.no_progress,
-              file=sys.stderr) as bar:
+    with tqdm(
+        total=args.steps, desc="simulate " + ",".join(scenarios), unit="step", disable=args.no_progress, file=sys.stderr
+    ) as bar:
         results = run_simulation(
-            [SCENARIOS[key] for key in scenarios], losses, steps=args.steps, boxes_per_group=args.boxes,
-            seed=args.seed, device=device, param=args.param, optimizer=args.optimizer, lr=args.lr, progress=bar,
+            [SCENARIOS[key] for key in scenarios],
+            losses,
+            steps=args.steps,
+            boxes_per_group=args.boxes,
+            seed=args.seed,
+            device=device,
+            param=args.param,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            progress=bar,
         )
     summaries = [s for r in results for s in summarise(r)]
     figures = []
@@ -117,9 +159,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         plot_scenario(result, args.out / name)
         figures.append(name)
     write_curves_csv(results, args.out / "curves.csv")
-    write_report(results, summaries, args.out / "report.md", steps=args.steps, seed=args.seed,
-                 boxes_per_group=args.boxes, figures=figures)
+    write_report(
+        results,
+        summaries,
+        args.out / "report.md",
+        steps=args.steps,
+        seed=args.seed,
+        boxes_per_group=args.boxes,
+        figures=figures,
+    )
     print(markdown_table(summaries))
-    print(f"\nwrote {args.out / 'curves.csv'}, {args.out / 'report.md'} and {len(figures)} figures "
-          f"in {time.perf_counter() - start:.1f} s")
+    print(
+        f"\nwrote {args.out / 'curves.csv'}, {args.out / 'report.md'} and {len(figures)} figures "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
     return 0

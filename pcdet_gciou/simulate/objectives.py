@@ -4,6 +4,7 @@ Every IoU-type loss is built with :func:`pcdet_gciou.losses.build_loss` and sees
 paper's reading (the official code instead evaluates the IoU in the anchor-normalised residual space).
 The Smooth-L1 baseline is the simulation's own: OpenPCDet's localisation loss written from its formula.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,8 +18,9 @@ from pcdet_gciou.simulate.parametrisation import encode_residual
 SMOOTH_L1_BETA = 1.0 / 9.0
 
 
-def smooth_l1_residual_loss(pred_boxes: torch.Tensor, gt_boxes: torch.Tensor, anchors: torch.Tensor,
-                            *, beta: float = SMOOTH_L1_BETA) -> torch.Tensor:
+def smooth_l1_residual_loss(
+    pred_boxes: torch.Tensor, gt_boxes: torch.Tensor, anchors: torch.Tensor, *, beta: float = SMOOTH_L1_BETA
+) -> torch.Tensor:
     """Smooth-L1 on box-coder residuals, summed over the 7 codes; per box ``(N,)``.
 
     Args:
@@ -37,9 +39,7 @@ def smooth_l1_residual_loss(pred_boxes: torch.Tensor, gt_boxes: torch.Tensor, an
     """
     pred_res = encode_residual(pred_boxes, anchors)
     gt_res = encode_residual(gt_boxes, anchors)
-    diff = torch.cat(
-        (pred_res[..., :6] - gt_res[..., :6], torch.sin(pred_res[..., 6:] - gt_res[..., 6:])), dim=-1
-    )
+    diff = torch.cat((pred_res[..., :6] - gt_res[..., :6], torch.sin(pred_res[..., 6:] - gt_res[..., 6:])), dim=-1)
     abs_diff = diff.abs()
     per_code = torch.where(abs_diff < beta, 0.5 * abs_diff**2 / beta, abs_diff - 0.5 * beta)
     return per_code.sum(dim=-1)

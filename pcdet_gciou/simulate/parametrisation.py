@@ -17,6 +17,7 @@ Two parametrisations (the ``--param`` option):
 Why it matters: with log sizes, ``dL/dt_w = s * dL/ds``, so the ``1/s`` anomaly of Eq. 10/11 cancels for the
 size parameters of a residual head; it survives in ``direct``.
 """
+
 from __future__ import annotations
 
 import torch

@@ -8,6 +8,7 @@ averaged over the boxes of a group):
 
 A loss is said to make the angle **oscillate** when ``X`` exceeds :data:`OSCILLATION_DEG` degrees.
 """
+
 from __future__ import annotations
 
 import csv
@@ -58,7 +59,7 @@ def first_step_reaching(curve: torch.Tensor, threshold: float, *, above: bool = 
 
 def angle_oscillation(angle: torch.Tensor) -> tuple:
     """``(back_and_forth_rad, reversal_rate)`` per box of ``(T+1, N)`` angle errors, over the last half."""
-    tail = angle[angle.shape[0] // 2:]
+    tail = angle[angle.shape[0] // 2 :]
     if tail.shape[0] < 3:
         zeros = torch.zeros(angle.shape[1], dtype=angle.dtype)
         return zeros, zeros
@@ -82,20 +83,24 @@ def summarise(result: ScenarioResult) -> List[Summary]:
             iou, angle = mean[:, METRICS.index("iou")], mean[:, METRICS.index("angle_error")]
             back, rate = angle_oscillation(h[:, :, METRICS.index("angle_error")])
             final = mean[-1]
-            out.append(Summary(
-                scenario=result.scenario.key, group=group, loss=loss,
-                initial_iou=float(iou[0]),
-                steps_to_iou={t: first_step_reaching(iou, t) for t in IOU_THRESHOLDS},
-                steps_to_angle=first_step_reaching(angle, math.radians(ANGLE_TARGET_DEG), above=False),
-                final_iou=float(final[METRICS.index("iou")]),
-                final_centre_error=float(final[METRICS.index("centre_error")]),
-                final_centre_error_rel=float(final[METRICS.index("centre_error_rel")]),
-                final_size_error_rel=float(final[METRICS.index("size_error_rel")]),
-                final_angle_error_deg=math.degrees(float(final[METRICS.index("angle_error")])),
-                back_and_forth_deg=math.degrees(float(back.mean())),
-                reversal_rate=float(rate.mean()),
-                far_fraction=float((h[-1, :, METRICS.index("angle_error")] > math.pi / 4).double().mean()),
-            ))
+            out.append(
+                Summary(
+                    scenario=result.scenario.key,
+                    group=group,
+                    loss=loss,
+                    initial_iou=float(iou[0]),
+                    steps_to_iou={t: first_step_reaching(iou, t) for t in IOU_THRESHOLDS},
+                    steps_to_angle=first_step_reaching(angle, math.radians(ANGLE_TARGET_DEG), above=False),
+                    final_iou=float(final[METRICS.index("iou")]),
+                    final_centre_error=float(final[METRICS.index("centre_error")]),
+                    final_centre_error_rel=float(final[METRICS.index("centre_error_rel")]),
+                    final_size_error_rel=float(final[METRICS.index("size_error_rel")]),
+                    final_angle_error_deg=math.degrees(float(final[METRICS.index("angle_error")])),
+                    back_and_forth_deg=math.degrees(float(back.mean())),
+                    reversal_rate=float(rate.mean()),
+                    far_fraction=float((h[-1, :, METRICS.index("angle_error")] > math.pi / 4).double().mean()),
+                )
+            )
     return out
 
 
@@ -109,8 +114,9 @@ def write_curves_csv(results: Sequence[ScenarioResult], path: Path) -> None:
                 mean = result.history[:, :, result.problem.group == g, :].double().mean(dim=2)
                 for k, loss in enumerate(result.losses):
                     for step in range(mean.shape[0]):
-                        writer.writerow([result.scenario.key, group, loss, step]
-                                        + [f"{v:.6g}" for v in mean[step, k].tolist()])
+                        writer.writerow(
+                            [result.scenario.key, group, loss, step] + [f"{v:.6g}" for v in mean[step, k].tolist()]
+                        )
 
 
 def _steps(value: Optional[int]) -> str:
@@ -200,11 +206,19 @@ def claims(summaries: Sequence[Summary], steps: int) -> List[str]:
                     f"steps without GR vs {_steps(rescaled.steps_to_iou[0.9])} with; final IoU "
                     f"{plain.final_iou:.4f} vs {rescaled.final_iou:.4f}, final size error "
                     f"{100 * plain.final_size_error_rel:.2f} % vs {100 * rescaled.final_size_error_rel:.2f} %"
-                    + (" — " + _verdict(_rank_steps(rescaled.steps_to_iou[0.9], steps)
-                                        < _rank_steps(plain.steps_to_iou[0.9], steps)
-                                        or (rescaled.steps_to_iou[0.9] == plain.steps_to_iou[0.9]
-                                            and rescaled.final_iou > plain.final_iou)) + "."
-                       if group == "Truck" else ".")
+                    + (
+                        " — "
+                        + _verdict(
+                            _rank_steps(rescaled.steps_to_iou[0.9], steps) < _rank_steps(plain.steps_to_iou[0.9], steps)
+                            or (
+                                rescaled.steps_to_iou[0.9] == plain.steps_to_iou[0.9]
+                                and rescaled.final_iou > plain.final_iou
+                            )
+                        )
+                        + "."
+                        if group == "Truck"
+                        else "."
+                    )
                 )
     base, gc = _find(summaries, "kitti", "log_iou"), _find(summaries, "kitti", "gciou_fg")
     if base and gc:
@@ -217,8 +231,16 @@ def claims(summaries: Sequence[Summary], steps: int) -> List[str]:
     return lines
 
 
-def write_report(results: Sequence[ScenarioResult], summaries: Sequence[Summary], path: Path, *,
-                 steps: int, seed: int, boxes_per_group: int, figures: Sequence[str]) -> str:
+def write_report(
+    results: Sequence[ScenarioResult],
+    summaries: Sequence[Summary],
+    path: Path,
+    *,
+    steps: int,
+    seed: int,
+    boxes_per_group: int,
+    figures: Sequence[str],
+) -> str:
     """Write ``report.md``; returns its text."""
     parts = [
         "# Box-regression simulation",
@@ -260,14 +282,25 @@ def write_report(results: Sequence[ScenarioResult], summaries: Sequence[Summary]
 
 
 _STYLE = {
-    "smooth_l1": ("tab:gray", "-"), "iou": ("tab:blue", "--"), "log_iou": ("tab:blue", "-"),
-    "giou": ("tab:olive", "-"), "diou": ("tab:cyan", "-"), "odiou": ("tab:purple", "-"),
-    "rdiou": ("tab:brown", "-"), "gciou_f": ("tab:green", ":"), "gciou_g": ("tab:orange", ":"),
-    "gciou_fg": ("tab:red", "-"), "gciou_fg_gr": ("black", "-."),
+    "smooth_l1": ("tab:gray", "-"),
+    "iou": ("tab:blue", "--"),
+    "log_iou": ("tab:blue", "-"),
+    "giou": ("tab:olive", "-"),
+    "diou": ("tab:cyan", "-"),
+    "odiou": ("tab:purple", "-"),
+    "rdiou": ("tab:brown", "-"),
+    "gciou_f": ("tab:green", ":"),
+    "gciou_g": ("tab:orange", ":"),
+    "gciou_fg": ("tab:red", "-"),
+    "gciou_fg_gr": ("black", "-."),
     "gciou_fg_exp": ("tab:pink", "-"),
 }
-_PANELS = (("iou", "mean 3D IoU", False, 1.0), ("centre_error_rel", "centre error / BEV diagonal", True, 1.0),
-           ("size_error_rel", "relative size error", True, 1.0), ("angle_error", "angle error (deg)", True, 180 / math.pi))
+_PANELS = (
+    ("iou", "mean 3D IoU", False, 1.0),
+    ("centre_error_rel", "centre error / BEV diagonal", True, 1.0),
+    ("size_error_rel", "relative size error", True, 1.0),
+    ("angle_error", "angle error (deg)", True, 180 / math.pi),
+)
 
 
 def plot_scenario(result: ScenarioResult, path: Path) -> None:
@@ -288,8 +321,14 @@ def plot_scenario(result: ScenarioResult, path: Path) -> None:
             for k, loss in enumerate(result.losses):
                 colour, style = _STYLE.get(loss, (None, "-"))
                 values = mean[:, k, METRICS.index(metric)] * scale
-                ax.plot(steps, values.clamp(min=1e-6) if log else values, color=colour, linestyle=style,
-                        linewidth=1.2, label=LOSS_SPECS[loss].label)
+                ax.plot(
+                    steps,
+                    values.clamp(min=1e-6) if log else values,
+                    color=colour,
+                    linestyle=style,
+                    linewidth=1.2,
+                    label=LOSS_SPECS[loss].label,
+                )
             if log:
                 ax.set_yscale("log")
             ax.set_title(title if group == "all" else f"{group}: {title}", fontsize=9)
@@ -299,8 +338,9 @@ def plot_scenario(result: ScenarioResult, path: Path) -> None:
                 ax.set_xlabel("step", fontsize=8)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False)
-    fig.suptitle(f"{result.scenario.title} — {result.param} parameters, {result.optimizer} lr {result.lr:g}",
-                 fontsize=10)
+    fig.suptitle(
+        f"{result.scenario.title} — {result.param} parameters, {result.optimizer} lr {result.lr:g}", fontsize=10
+    )
     fig.tight_layout(rect=(0, 0.6 / height, 1, 1 - 0.3 / height))  # room for the legend and the title
     fig.savefig(path, dpi=64)
     plt.close(fig)

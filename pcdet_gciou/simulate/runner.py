@@ -4,6 +4,7 @@ Each box is an independent problem with its own free parameters (like the paper'
 anchors directly). All losses of a scenario are optimised in one batched tensor ``(L, N, 7)``: the summed loss
 has block-diagonal gradients, and Adam and SGD act per element, so this is exactly L separate runs.
 """
+
 from __future__ import annotations
 
 import math

@@ -13,6 +13,7 @@ heading 0 or pi/2, as an anchor head assigns them), and an initial prediction pe
 - ``kitti`` (c), Adam as detectors are trained: a head's starting point: the prediction *is* the matched anchor (zero residuals); GT of Car,
   Pedestrian and Cyclist (70/20/10 %) offset from it by grid quantisation, size spread and heading spread.
 """
+
 from __future__ import annotations
 
 import math
@@ -92,8 +93,9 @@ def _class_boxes(names, n_per_class: int, size_log_std: float, gen: torch.Genera
     return torch.cat(gts), torch.cat(anchors), torch.cat(groups)
 
 
-def _perturb_relative(gt: torch.Tensor, centre_rel: float, size_log: float, angle: torch.Tensor,
-                      gen: torch.Generator) -> torch.Tensor:
+def _perturb_relative(
+    gt: torch.Tensor, centre_rel: float, size_log: float, angle: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
     """Initial predictions: centre offset in the box frame in units of the box extents, log-normal size ratios."""
     n = gt.shape[0]
     along, across, up = (_normal(n, centre_rel, gen) * gt[:, k] for k in (3, 4, 5))
@@ -136,12 +138,15 @@ def make_kitti(n: int, gen: torch.Generator) -> Problem:
 
 
 SCENARIOS: Dict[str, Scenario] = {
-    "large_angle": Scenario("large_angle", "(a) large initial angle errors, 30-85 deg (cars)", make_large_angle,
-                            "residual", "sgd", 0.01),
-    "scale": Scenario("scale", "(b) small vs large objects, same relative errors (Fig. 1b)", make_scale,
-                      "direct", "sgd", 0.02),
-    "kitti": Scenario("kitti", "(c) KITTI-like start: prediction = matched anchor", make_kitti,
-                      "residual", "adam", 0.01),
+    "large_angle": Scenario(
+        "large_angle", "(a) large initial angle errors, 30-85 deg (cars)", make_large_angle, "residual", "sgd", 0.01
+    ),
+    "scale": Scenario(
+        "scale", "(b) small vs large objects, same relative errors (Fig. 1b)", make_scale, "direct", "sgd", 0.02
+    ),
+    "kitti": Scenario(
+        "kitti", "(c) KITTI-like start: prediction = matched anchor", make_kitti, "residual", "adam", 0.01
+    ),
 }
 SCENARIO_ALIASES = {"a": "large_angle", "b": "scale", "c": "kitti"}
 

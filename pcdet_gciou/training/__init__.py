@@ -9,6 +9,7 @@
 
 The OpenPCDet glue (datasets, networks, KITTI evaluation) lives in :mod:`pcdet_gciou.openpcdet`.
 """
+
 from .checkpoint import (
     ConfigMismatchError,
     atomic_torch_save,
@@ -24,8 +25,25 @@ from .loop import LATEST_CHECKPOINT, Trainer, TrainState
 from .optim import build_optimizer, build_scheduler, onecycle_reference_lr
 
 __all__ = [
-    "ConfigMismatchError", "LATEST_CHECKPOINT", "MetricsLogger", "ResumableSampler", "SeededSampleDataset",
-    "TrainState", "Trainer", "append_eval_rows", "atomic_torch_save", "build_optimizer", "build_scheduler",
-    "checkpoint_epoch", "create_logger", "evaluated_checkpoints", "list_epoch_checkpoints", "load_checkpoint", "make_epoch_loader",
-    "load_pretrained", "onecycle_reference_lr", "prune_checkpoints", "read_metrics",
+    "ConfigMismatchError",
+    "LATEST_CHECKPOINT",
+    "MetricsLogger",
+    "ResumableSampler",
+    "SeededSampleDataset",
+    "TrainState",
+    "Trainer",
+    "append_eval_rows",
+    "atomic_torch_save",
+    "build_optimizer",
+    "build_scheduler",
+    "checkpoint_epoch",
+    "create_logger",
+    "evaluated_checkpoints",
+    "list_epoch_checkpoints",
+    "load_checkpoint",
+    "make_epoch_loader",
+    "load_pretrained",
+    "onecycle_reference_lr",
+    "prune_checkpoints",
+    "read_metrics",
 ]

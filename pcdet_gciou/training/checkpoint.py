@@ -18,6 +18,7 @@ A checkpoint is one ``torch.save`` dict:
 Files are written to a temporary file in the same directory, flushed and fsynced, then moved into place with
 ``os.replace`` (atomic on POSIX), so a crash never leaves a truncated ``.pth`` under the final name.
 """
+
 from __future__ import annotations
 
 import os
@@ -154,13 +155,16 @@ def load_checkpoint(path: str | os.PathLike, expected_config: Mapping[str, Any] 
         raise ValueError(f"{path} is not a training checkpoint (expected a dict with 'model_state')")
     if expected_config is not None:
         if "config" not in ckpt:
-            raise ConfigMismatchError(f"{path} stores no config (not written by pcdet_gciou's train.py?), so it cannot "
-                                      f"be resumed; use --pretrained_model to load only its weights")
+            raise ConfigMismatchError(
+                f"{path} stores no config (not written by pcdet_gciou's train.py?), so it cannot "
+                f"be resumed; use --pretrained_model to load only its weights"
+            )
         diffs = config_differences(ckpt["config"], expected_config)
         if diffs:
             raise ConfigMismatchError(
                 f"refusing to resume from {path}: it was written with a different config "
-                f"({len(diffs)} differing keys):\n  " + "\n  ".join(diffs[:20])
+                f"({len(diffs)} differing keys):\n  "
+                + "\n  ".join(diffs[:20])
                 + "\nUse a new --extra_tag for a new experiment, or --pretrained_model to load only the weights."
             )
     return ckpt

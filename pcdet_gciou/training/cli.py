@@ -13,6 +13,7 @@ The run directory (a contract with :mod:`pcdet_gciou.analysis`)::
 
 OpenPCDet is imported only through :mod:`pcdet_gciou.openpcdet.runtime`, inside the ``main`` functions.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,15 @@ from .logs import MetricsLogger, append_eval_rows, create_logger, evaluated_chec
 from .loop import LATEST_CHECKPOINT, Trainer
 from .optim import build_optimizer, build_scheduler
 
-__all__ = ["iter_new_checkpoints", "parse_test_args", "parse_train_args", "prepare_kitti_main", "run_dir_for",
-           "test_main", "train_main"]
+__all__ = [
+    "iter_new_checkpoints",
+    "parse_test_args",
+    "parse_train_args",
+    "prepare_kitti_main",
+    "run_dir_for",
+    "test_main",
+    "train_main",
+]
 
 FIXED_SEED = 666  # OpenPCDet's --fix_random_seed value
 
@@ -52,14 +60,21 @@ FIXED_SEED = 666  # OpenPCDet's --fix_random_seed value
 # ---------------------------------------------------------------------------------------------------- shared
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg_file", required=True, help="model config, e.g. cfgs/kitti_models/second_gciou.yaml")
-    parser.add_argument("--batch_size", type=int, default=None,
-                        help="total batch size over all GPUs (default: OPTIMIZATION.BATCH_SIZE_PER_GPU per GPU)")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="total batch size over all GPUs (default: OPTIMIZATION.BATCH_SIZE_PER_GPU per GPU)",
+    )
     parser.add_argument("--workers", type=int, default=4, help="dataloader worker processes")
     parser.add_argument("--extra_tag", default="default", help="run name under output/<cfg_tag>/")
     parser.add_argument("--data_path", default=None, help="KITTI root (overrides DATA_CONFIG.DATA_PATH)")
     parser.add_argument("--output_dir", default=None, help="root of run directories (default: <repo>/output)")
-    parser.add_argument("--cpu", action="store_true",
-                        help="run OpenPCDet through pcdet_gciou's CPU compatibility layer (smoke tests only)")
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="run OpenPCDet through pcdet_gciou's CPU compatibility layer (smoke tests only)",
+    )
 
 
 def _load_run_config(args: argparse.Namespace):
@@ -82,8 +97,10 @@ def _init_distributed(launcher: str) -> tuple[int, int, torch.device]:
     if launcher == "none":
         return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        raise RuntimeError("--launcher pytorch expects torchrun's RANK/WORLD_SIZE/LOCAL_RANK environment: "
-                           "torchrun --nproc_per_node=N tools/train.py --launcher pytorch ...")
+        raise RuntimeError(
+            "--launcher pytorch expects torchrun's RANK/WORLD_SIZE/LOCAL_RANK environment: "
+            "torchrun --nproc_per_node=N tools/train.py --launcher pytorch ..."
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
@@ -114,17 +131,21 @@ def _newest_checkpoint(ckpt_dir: Path) -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
 
 
-def _record_evaluation(model, loader, cfg, run_dir: Path, *, epoch: int, ckpt_name: str, step: int, logger,
-                       progress: bool) -> list[dict]:
+def _record_evaluation(
+    model, loader, cfg, run_dir: Path, *, epoch: int, ckpt_name: str, step: int, logger, progress: bool
+) -> list[dict]:
     """Evaluate ``model`` and append to eval_results.csv, TensorBoard (tensorboard/eval) and the log."""
     from ..openpcdet.runtime import evaluate_kitti
 
     split = cfg.DATA_CONFIG.DATA_SPLIT["test"]
     start = time.time()
-    rows, recall, text = evaluate_kitti(model, loader, cfg, run_dir / "eval" / f"epoch_{epoch}" / split,
-                                        progress=progress)
-    logger.info(f"evaluation of {ckpt_name} (epoch {epoch}) on {split} ({len(loader.dataset)} frames) "
-                f"took {time.time() - start:.1f} s\n{text}")
+    rows, recall, text = evaluate_kitti(
+        model, loader, cfg, run_dir / "eval" / f"epoch_{epoch}" / split, progress=progress
+    )
+    logger.info(
+        f"evaluation of {ckpt_name} (epoch {epoch}) on {split} ({len(loader.dataset)} frames) "
+        f"took {time.time() - start:.1f} s\n{text}"
+    )
     full_rows = [{"epoch": epoch, "checkpoint": ckpt_name, **row} for row in rows]
     append_eval_rows(run_dir / "eval_results.csv", full_rows)
     from torch.utils.tensorboard import SummaryWriter
@@ -143,24 +164,42 @@ def parse_train_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train an OpenPCDet detector (GCIoU or baseline config).")
     _add_common(parser)
     parser.add_argument("--epochs", type=int, default=None, help="default: OPTIMIZATION.NUM_EPOCHS")
-    parser.add_argument("--ckpt", default=None,
-                        help="checkpoint to resume from (default: the newest in <run_dir>/ckpt, if any)")
+    parser.add_argument(
+        "--ckpt", default=None, help="checkpoint to resume from (default: the newest in <run_dir>/ckpt, if any)"
+    )
     parser.add_argument("--pretrained_model", default=None, help="initialise the weights only (shape-matched)")
     parser.add_argument("--launcher", choices=["none", "pytorch"], default="none")
     parser.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm under --launcher pytorch")
     parser.add_argument("--fix_random_seed", action="store_true", help=f"seed everything with {FIXED_SEED}")
     parser.add_argument("--ckpt_save_interval", type=int, default=1, help="epochs between checkpoints")
     parser.add_argument("--max_ckpt_save_num", type=int, default=30, help="epoch checkpoints kept")
-    parser.add_argument("--ckpt_save_time_interval", type=int, default=300,
-                        help="seconds between mid-epoch latest_model.pth saves (0: off)")
-    parser.add_argument("--max_iters", type=int, default=None,
-                        help="stop after this many iterations of the whole run (smoke tests); the LR schedule "
-                             "still spans --epochs, and a later run with a larger value resumes exactly")
-    parser.add_argument("--eval_interval", type=int, default=0,
-                        help="evaluate on the val split every K epochs and after the last (0: never)")
+    parser.add_argument(
+        "--ckpt_save_time_interval",
+        type=int,
+        default=300,
+        help="seconds between mid-epoch latest_model.pth saves (0: off)",
+    )
+    parser.add_argument(
+        "--max_iters",
+        type=int,
+        default=None,
+        help="stop after this many iterations of the whole run (smoke tests); the LR schedule "
+        "still spans --epochs, and a later run with a larger value resumes exactly",
+    )
+    parser.add_argument(
+        "--eval_interval",
+        type=int,
+        default=0,
+        help="evaluate on the val split every K epochs and after the last (0: never)",
+    )
     parser.add_argument("--no_progress", action="store_true", help="no tqdm bars (log files only)")
-    parser.add_argument("--set", dest="set_cfgs", default=None, nargs=argparse.REMAINDER,
-                        help="override config keys: --set KEY.SUB VALUE ... (must come last)")
+    parser.add_argument(
+        "--set",
+        dest="set_cfgs",
+        default=None,
+        nargs=argparse.REMAINDER,
+        help="override config keys: --set KEY.SUB VALUE ... (must come last)",
+    )
     return parser.parse_args(argv)
 
 
@@ -192,7 +231,9 @@ def train_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         except ConfigMismatchError as exc:
             raise SystemExit(f"error: {exc}") from None
     extra = (resume_ckpt or {}).get("extra", {})
-    data_seed = int(extra.get("data_seed", FIXED_SEED if args.fix_random_seed else random.SystemRandom().randrange(2**31)))
+    data_seed = int(
+        extra.get("data_seed", FIXED_SEED if args.fix_random_seed else random.SystemRandom().randrange(2**31))
+    )
     if world_size > 1:  # every rank must shard the same permutation
         shared = [data_seed]
         torch.distributed.broadcast_object_list(shared, src=0)
@@ -213,47 +254,85 @@ def train_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         logger.info(f"--pretrained_model ignored: resuming from {resume_path}")
     if args.pretrained_model and resume_ckpt is None:
         loaded, skipped = load_pretrained(model, args.pretrained_model)
-        logger.info(f"pretrained weights from {args.pretrained_model}: {len(loaded)} tensors loaded, "
-                    f"{len(skipped)} left at init" + (f" ({skipped[:10]}...)" if skipped else ""))
+        logger.info(
+            f"pretrained weights from {args.pretrained_model}: {len(loaded)} tensors loaded, "
+            f"{len(skipped)} left at init" + (f" ({skipped[:10]}...)" if skipped else "")
+        )
     loader_for_epoch, iters_per_epoch = make_epoch_loader(
-        dataset, batch_size=batch_size, seed=data_seed, workers=args.workers, collate_fn=dataset.collate_batch,
-        shuffle=True, rank=rank, world_size=world_size, pin_memory=device.type == "cuda")
+        dataset,
+        batch_size=batch_size,
+        seed=data_seed,
+        workers=args.workers,
+        collate_fn=dataset.collate_batch,
+        shuffle=True,
+        rank=rank,
+        world_size=world_size,
+        pin_memory=device.type == "cuda",
+    )
     optimizer = build_optimizer(model, cfg.OPTIMIZATION)
-    scheduler = build_scheduler(optimizer, cfg.OPTIMIZATION, total_iters=iters_per_epoch * epochs,
-                                iters_per_epoch=iters_per_epoch)
+    scheduler = build_scheduler(
+        optimizer, cfg.OPTIMIZATION, total_iters=iters_per_epoch * epochs, iters_per_epoch=iters_per_epoch
+    )
     train_model = model
     if world_size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     eval_hook = None
     if args.eval_interval > 0 and rank == 0:
-        _, test_loader = runtime.build_dataset(cfg, training=False, batch_size=batch_size, workers=args.workers,
-                                               logger=logger)
+        _, test_loader = runtime.build_dataset(
+            cfg, training=False, batch_size=batch_size, workers=args.workers, logger=logger
+        )
 
         def eval_hook(epoch: int, ckpt_path: Path) -> None:
-            _record_evaluation(model, test_loader, cfg, run_dir, epoch=epoch, ckpt_name=ckpt_path.name,
-                               step=trainer.state.global_iter, logger=logger, progress=not args.no_progress)
+            _record_evaluation(
+                model,
+                test_loader,
+                cfg,
+                run_dir,
+                epoch=epoch,
+                ckpt_name=ckpt_path.name,
+                step=trainer.state.global_iter,
+                logger=logger,
+                progress=not args.no_progress,
+            )
 
     metrics = None
     if rank == 0:
         _write_config(cfg, run_dir / "config.yaml")
         metrics = MetricsLogger(run_dir, resume_step=None if resume_ckpt is None else int(resume_ckpt["global_iter"]))
     trainer = Trainer(
-        train_model, optimizer, scheduler, train_step=runtime.make_train_step(), loader_for_epoch=loader_for_epoch,
-        iters_per_epoch=iters_per_epoch, total_epochs=epochs, ckpt_dir=ckpt_dir, config=plain_cfg,
-        grad_norm_clip=float(cfg.OPTIMIZATION.get("GRAD_NORM_CLIP", 10.0)), metrics=metrics,
-        ckpt_save_interval=args.ckpt_save_interval, max_ckpt_save_num=args.max_ckpt_save_num,
-        max_iters=args.max_iters, ckpt_save_time_interval=args.ckpt_save_time_interval, eval_hook=eval_hook,
-        eval_interval=args.eval_interval, rank=rank, logger=logger, progress=not args.no_progress,
+        train_model,
+        optimizer,
+        scheduler,
+        train_step=runtime.make_train_step(),
+        loader_for_epoch=loader_for_epoch,
+        iters_per_epoch=iters_per_epoch,
+        total_epochs=epochs,
+        ckpt_dir=ckpt_dir,
+        config=plain_cfg,
+        grad_norm_clip=float(cfg.OPTIMIZATION.get("GRAD_NORM_CLIP", 10.0)),
+        metrics=metrics,
+        ckpt_save_interval=args.ckpt_save_interval,
+        max_ckpt_save_num=args.max_ckpt_save_num,
+        max_iters=args.max_iters,
+        ckpt_save_time_interval=args.ckpt_save_time_interval,
+        eval_hook=eval_hook,
+        eval_interval=args.eval_interval,
+        rank=rank,
+        logger=logger,
+        progress=not args.no_progress,
         extra_state={"data_seed": data_seed},
     )
     if resume_ckpt is not None:
         trainer.resume(resume_ckpt, source=resume_path)
-    logger.info(f"training {type(unwrap_model(model)).__name__}: {epochs} epochs x {iters_per_epoch} iterations, "
-                f"optimizer {cfg.OPTIMIZATION.OPTIMIZER}, LR {cfg.OPTIMIZATION.LR}, "
-                f"clip {cfg.OPTIMIZATION.get('GRAD_NORM_CLIP', 10.0)}; starting at iteration "
-                f"{trainer.state.global_iter}")
+    logger.info(
+        f"training {type(unwrap_model(model)).__name__}: {epochs} epochs x {iters_per_epoch} iterations, "
+        f"optimizer {cfg.OPTIMIZATION.OPTIMIZER}, LR {cfg.OPTIMIZATION.LR}, "
+        f"clip {cfg.OPTIMIZATION.get('GRAD_NORM_CLIP', 10.0)}; starting at iteration "
+        f"{trainer.state.global_iter}"
+    )
     start = time.time()
     try:
         state = trainer.fit()
@@ -272,16 +351,28 @@ def parse_test_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _add_common(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", default=None, help="one checkpoint to evaluate")
-    source.add_argument("--eval_all", action="store_true",
-                        help="every checkpoint_epoch_N.pth of --ckpt_dir in epoch order, skipping evaluated ones")
+    source.add_argument(
+        "--eval_all",
+        action="store_true",
+        help="every checkpoint_epoch_N.pth of --ckpt_dir in epoch order, skipping evaluated ones",
+    )
     parser.add_argument("--ckpt_dir", default=None, help="with --eval_all (default: <run_dir>/ckpt)")
     parser.add_argument("--wait", action="store_true", help="with --eval_all: keep polling for new checkpoints")
-    parser.add_argument("--max_waiting_mins", type=float, default=30.0,
-                        help="with --wait: stop after this long without a new checkpoint")
+    parser.add_argument(
+        "--max_waiting_mins",
+        type=float,
+        default=30.0,
+        help="with --wait: stop after this long without a new checkpoint",
+    )
     parser.add_argument("--wait_interval", type=float, default=30.0, help="with --wait: seconds between polls")
     parser.add_argument("--no_progress", action="store_true", help="no tqdm bars")
-    parser.add_argument("--set", dest="set_cfgs", default=None, nargs=argparse.REMAINDER,
-                        help="override config keys: --set KEY.SUB VALUE ... (must come last)")
+    parser.add_argument(
+        "--set",
+        dest="set_cfgs",
+        default=None,
+        nargs=argparse.REMAINDER,
+        help="override config keys: --set KEY.SUB VALUE ... (must come last)",
+    )
     return parser.parse_args(argv)
 
 
@@ -311,14 +402,25 @@ def test_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if "config" in ckpt:
             diffs = config_differences(ckpt["config"], plain_cfg)
             if diffs:
-                logger.warning(f"{path.name} was trained with a different config; evaluating with the current one:"
-                               "\n  " + "\n  ".join(diffs[:20]))
+                logger.warning(
+                    f"{path.name} was trained with a different config; evaluating with the current one:"
+                    "\n  " + "\n  ".join(diffs[:20])
+                )
         unwrap_model(model).load_state_dict(ckpt["model_state"])
         epoch = checkpoint_epoch(path)
         epoch = int(ckpt.get("epoch", 0)) if epoch is None else epoch
         step = int(ckpt.get("global_iter", epoch))
-        _record_evaluation(model, loader, cfg, run_dir, epoch=epoch, ckpt_name=path.name, step=step, logger=logger,
-                           progress=not args.no_progress)
+        _record_evaluation(
+            model,
+            loader,
+            cfg,
+            run_dir,
+            epoch=epoch,
+            ckpt_name=path.name,
+            step=step,
+            logger=logger,
+            progress=not args.no_progress,
+        )
 
     evaluated: list[str] = []
     if not args.eval_all:
@@ -330,20 +432,35 @@ def test_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not ckpt_dir.is_dir() and not args.wait:
         raise SystemExit(f"error: checkpoint folder {ckpt_dir} does not exist")
     eval_csv = run_dir / "eval_results.csv"
-    for path in iter_new_checkpoints(ckpt_dir, lambda: evaluated_checkpoints(eval_csv), wait=args.wait,
-                                     max_waiting_s=args.max_waiting_mins * 60, poll_s=args.wait_interval,
-                                     on_idle=lambda: logger.info(f"waiting for new checkpoints in {ckpt_dir} ...")):
+    for path in iter_new_checkpoints(
+        ckpt_dir,
+        lambda: evaluated_checkpoints(eval_csv),
+        wait=args.wait,
+        max_waiting_s=args.max_waiting_mins * 60,
+        poll_s=args.wait_interval,
+        on_idle=lambda: logger.info(f"waiting for new checkpoints in {ckpt_dir} ..."),
+    ):
         evaluate(path)
         evaluated.append(path.name)
     if not evaluated:
-        logger.info(f"no new checkpoint to evaluate in {ckpt_dir} (already evaluated: "
-                    f"{sorted(evaluated_checkpoints(eval_csv))})")
+        logger.info(
+            f"no new checkpoint to evaluate in {ckpt_dir} (already evaluated: "
+            f"{sorted(evaluated_checkpoints(eval_csv))})"
+        )
     return {"run_dir": run_dir, "evaluated": evaluated}
 
 
-def iter_new_checkpoints(ckpt_dir: Path, already_done: Callable[[], set[str]], *, wait: bool, max_waiting_s: float,
-                         poll_s: float, on_idle: Callable[[], None] = lambda: None,
-                         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+def iter_new_checkpoints(
+    ckpt_dir: Path,
+    already_done: Callable[[], set[str]],
+    *,
+    wait: bool,
+    max_waiting_s: float,
+    poll_s: float,
+    on_idle: Callable[[], None] = lambda: None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+):
     """Yield ``checkpoint_epoch_N.pth`` files of ``ckpt_dir`` in epoch order whose names ``already_done()`` lacks.
 
     Without ``wait`` one pass is made. With ``wait`` the folder is polled every ``poll_s`` seconds until
@@ -370,10 +487,16 @@ def iter_new_checkpoints(ckpt_dir: Path, already_done: Callable[[], set[str]], *
 def prepare_kitti_main(argv: Sequence[str] | None = None) -> list[Path]:
     """Entry point of ``tools/prepare_kitti.py``."""
     parser = argparse.ArgumentParser(description="Check a KITTI folder and build OpenPCDet's infos + GT database.")
-    parser.add_argument("--data_path", default=str(project_root() / "data" / "kitti"),
-                        help="KITTI root with ImageSets/, training/, testing/ (default: <repo>/data/kitti)")
-    parser.add_argument("--cfg_file", default=str(project_root() / "cfgs" / "dataset_configs" / "kitti_dataset.yaml"),
-                        help="dataset config, or a model config (its DATA_CONFIG is used)")
+    parser.add_argument(
+        "--data_path",
+        default=str(project_root() / "data" / "kitti"),
+        help="KITTI root with ImageSets/, training/, testing/ (default: <repo>/data/kitti)",
+    )
+    parser.add_argument(
+        "--cfg_file",
+        default=str(project_root() / "cfgs" / "dataset_configs" / "kitti_dataset.yaml"),
+        help="dataset config, or a model config (its DATA_CONFIG is used)",
+    )
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--cpu", action="store_true", help="use the CPU compatibility layer (no CUDA needed)")
     args = parser.parse_args(argv)

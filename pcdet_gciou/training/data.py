@@ -11,6 +11,7 @@ Exact resume needs two things a plain ``DataLoader(shuffle=True)`` cannot give:
 The sampler yields ``(epoch, index)`` pairs, which the wrapper unpacks. Under DDP the permutation is padded and
 strided by rank exactly like ``torch.utils.data.DistributedSampler``.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,16 @@ class ResumableSampler(Sampler):
         True
     """
 
-    def __init__(self, num_samples: int, *, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if batch_size < 1:
@@ -81,10 +90,10 @@ class ResumableSampler(Sampler):
             order = list(range(self.num_samples))
         total = self.per_rank * self.world_size
         order += order[: total - len(order)]
-        return order[self.rank:total:self.world_size]
+        return order[self.rank : total : self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return iter([(self.epoch, index) for index in self._indices()[self.start:]])
+        return iter([(self.epoch, index) for index in self._indices()[self.start :]])
 
     def __len__(self) -> int:
         return self.per_rank - self.start
@@ -126,24 +135,42 @@ class SeededSampleDataset(Dataset):
         return getattr(self.dataset, name)
 
 
-def make_epoch_loader(dataset: Dataset, *, batch_size: int, seed: int = 0, workers: int = 0, collate_fn=None,
-                      shuffle: bool = True, rank: int = 0, world_size: int = 1, pin_memory: bool = False):
+def make_epoch_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    workers: int = 0,
+    collate_fn=None,
+    shuffle: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+):
     """``(loader_for_epoch, iters_per_epoch)`` for :class:`~pcdet_gciou.training.loop.Trainer`.
 
     ``loader_for_epoch(epoch, skip_batches)`` returns a ``DataLoader`` over the epoch's seeded permutation without
     its first ``skip_batches`` batches; every sample is loaded under :func:`sample_seed` (see module docstring).
     """
-    sampler = ResumableSampler(len(dataset), batch_size=batch_size, seed=seed, shuffle=shuffle,
-                               rank=rank, world_size=world_size)
+    sampler = ResumableSampler(
+        len(dataset), batch_size=batch_size, seed=seed, shuffle=shuffle, rank=rank, world_size=world_size
+    )
     wrapped = SeededSampleDataset(dataset, seed=seed)
 
     def loader_for_epoch(epoch: int, skip_batches: int = 0):
         sampler.set_epoch(epoch)
         sampler.skip_batches(skip_batches)
-        return torch.utils.data.DataLoader(wrapped, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                           collate_fn=collate_fn, pin_memory=pin_memory, drop_last=False,
-                                           # its own generator: creating the iterator must not draw from the
-                                           # global torch RNG, or a mid-epoch resume would shift that stream
-                                           generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        return torch.utils.data.DataLoader(
+            wrapped,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate_fn,
+            pin_memory=pin_memory,
+            drop_last=False,
+            # its own generator: creating the iterator must not draw from the
+            # global torch RNG, or a mid-epoch resume would shift that stream
+            generator=torch.Generator().manual_seed(seed * 100003 + epoch),
+        )
 
     return loader_for_epoch, sampler.batches_per_epoch()

@@ -7,6 +7,7 @@ File formats are a contract with :mod:`pcdet_gciou.analysis` (see the team guide
   steps of epoch ``N`` lead to ``checkpoint_epoch_N.pth``).
 - ``eval_results.csv``: header ``epoch,checkpoint,class,metric,difficulty,recall,ap``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,15 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
-__all__ = ["EVAL_FIELDS", "METRIC_FIELDS", "MetricsLogger", "append_eval_rows", "create_logger",
-           "evaluated_checkpoints", "read_metrics"]
+__all__ = [
+    "EVAL_FIELDS",
+    "METRIC_FIELDS",
+    "MetricsLogger",
+    "append_eval_rows",
+    "create_logger",
+    "evaluated_checkpoints",
+    "read_metrics",
+]
 
 METRIC_FIELDS = ("step", "epoch", "tag", "value")
 EVAL_FIELDS = ("epoch", "checkpoint", "class", "metric", "difficulty", "recall", "ap")
@@ -108,7 +116,7 @@ class MetricsLogger:
         if self.tb is not None:
             self.tb.close()
 
-    def __enter__(self) -> "MetricsLogger":
+    def __enter__(self) -> MetricsLogger:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -8,6 +8,7 @@ One iteration: ``zero_grad -> train_step -> backward -> clip_grad_norm_(GRAD_NOR
 scheduler.step``; the LR logged for step ``s`` is the LR that step ``s`` trained with. A checkpoint taken after ``k``
 steps resumes at step ``k + 1`` with the same LR, optimiser moments, RNG states and sample order.
 """
+
 from __future__ import annotations
 
 import logging
@@ -184,8 +185,10 @@ class Trainer:
         restore_rng_state(ckpt["rng_state"])
         self.state = TrainState(epoch=int(ckpt["epoch"]), global_iter=int(ckpt["global_iter"]))
         self._saved_at_iter = self.state.global_iter
-        self.logger.info(f"resumed from {path}: epoch {self.state.epoch}, iteration {self.state.global_iter}, "
-                         f"next LR {self.optimizer.param_groups[0]['lr']:.6g}")
+        self.logger.info(
+            f"resumed from {path}: epoch {self.state.epoch}, iteration {self.state.global_iter}, "
+            f"next LR {self.optimizer.param_groups[0]['lr']:.6g}"
+        )
         return self.state
 
     # ------------------------------------------------------------------ training
@@ -219,16 +222,23 @@ class Trainer:
         target = self.total_iters if self.max_iters is None else min(self.max_iters, self.total_iters)
         bar = None
         if self.rank == 0 and self.progress:
-            bar = tqdm.tqdm(total=target, initial=min(self.state.global_iter, target), desc="train",
-                            dynamic_ncols=True, smoothing=0.1)
+            bar = tqdm.tqdm(
+                total=target,
+                initial=min(self.state.global_iter, target),
+                desc="train",
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
         last_time_save = time.monotonic()
         try:
             while self.state.epoch < self.total_epochs and not self._stop_requested():
                 epoch = self.state.epoch
                 done_in_epoch = self.state.global_iter - epoch * self.iters_per_epoch
                 if not 0 <= done_in_epoch <= self.iters_per_epoch:
-                    raise ValueError(f"inconsistent state: iteration {self.state.global_iter} in epoch {epoch} "
-                                     f"with {self.iters_per_epoch} iterations per epoch")
+                    raise ValueError(
+                        f"inconsistent state: iteration {self.state.global_iter} in epoch {epoch} "
+                        f"with {self.iters_per_epoch} iterations per epoch"
+                    )
                 for batch in self.loader_for_epoch(epoch, done_in_epoch):
                     if self.state.global_iter >= (epoch + 1) * self.iters_per_epoch:
                         break
@@ -237,12 +247,17 @@ class Trainer:
                         self.metrics.log(self.state.global_iter, epoch + 1, logged)
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(epoch=f"{epoch + 1}/{self.total_epochs}", loss=f"{logged['train/loss']:.4g}",
-                                        lr=f"{logged['train/lr']:.3g}")
+                        bar.set_postfix(
+                            epoch=f"{epoch + 1}/{self.total_epochs}",
+                            loss=f"{logged['train/loss']:.4g}",
+                            lr=f"{logged['train/lr']:.3g}",
+                        )
                     if self._stop_requested():
                         break
-                    if self.ckpt_save_time_interval > 0 and \
-                            time.monotonic() - last_time_save >= self.ckpt_save_time_interval:
+                    if (
+                        self.ckpt_save_time_interval > 0
+                        and time.monotonic() - last_time_save >= self.ckpt_save_time_interval
+                    ):
                         self.save(LATEST_CHECKPOINT)
                         last_time_save = time.monotonic()
                 if self.state.global_iter < (epoch + 1) * self.iters_per_epoch:

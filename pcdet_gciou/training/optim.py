@@ -30,6 +30,7 @@ Supported ``OPTIMIZATION.OPTIMIZER`` values:
     first ``WARMUP_EPOCH`` epochs rise along a cosine from ``LR / DIV_FACTOR`` to the decayed LR, as OpenPCDet's
     ``CosineWarmupLR``.
 """
+
 from __future__ import annotations
 
 import math

@@ -32,6 +32,7 @@ What :func:`install` does:
 :func:`install` is idempotent. OpenPCDet modules imported while it was active keep their placeholder
 extensions after :func:`uninstall`.
 """
+
 from ._install import install, is_installed, uninstall
 
 __all__ = ["install", "uninstall", "is_installed"]

@@ -1,4 +1,5 @@
 """Machinery behind :func:`pcdet_gciou.openpcdet.cpu.install`: an import hook plus a few reversible patches."""
+
 from __future__ import annotations
 
 import importlib
@@ -35,8 +36,15 @@ def _cpu_op_patches() -> dict[str, dict[str, Callable]]:
     return {
         "pcdet.ops.iou3d_nms.iou3d_nms_utils": {
             name: getattr(box_ops, name)
-            for name in ("boxes_bev_iou_cpu", "boxes_iou_bev", "boxes_iou3d_gpu", "boxes_aligned_iou3d_gpu",
-                         "paired_boxes_iou3d_gpu", "nms_gpu", "nms_normal_gpu")
+            for name in (
+                "boxes_bev_iou_cpu",
+                "boxes_iou_bev",
+                "boxes_iou3d_gpu",
+                "boxes_aligned_iou3d_gpu",
+                "paired_boxes_iou3d_gpu",
+                "nms_gpu",
+                "nms_normal_gpu",
+            )
         },
         "pcdet.ops.roiaware_pool3d.roiaware_pool3d_utils": {
             name: getattr(box_ops, name) for name in ("points_in_boxes_cpu", "points_in_boxes_gpu")
@@ -47,7 +55,7 @@ def _cpu_op_patches() -> dict[str, dict[str, Callable]]:
 
 class _State:
     lock = threading.Lock()
-    finder: "_CpuFinder | None" = None
+    finder: _CpuFinder | None = None
     restore: list[Callable[[], None]] = []
     missing_packages: dict[str, str] = {}
 
@@ -76,8 +84,12 @@ def _patch_module(module: types.ModuleType, patches: dict[str, Callable]) -> Non
 class _PatchingLoader(importlib.abc.Loader):
     """Runs the real module, then swaps in CPU functions (or a fallback module when the real one fails)."""
 
-    def __init__(self, loader, after_exec: Callable[[types.ModuleType], None] | None = None,
-                 on_error: Callable[[types.ModuleType, BaseException], None] | None = None):
+    def __init__(
+        self,
+        loader,
+        after_exec: Callable[[types.ModuleType], None] | None = None,
+        on_error: Callable[[types.ModuleType, BaseException], None] | None = None,
+    ):
         self._loader = loader
         self._after_exec = after_exec
         self._on_error = on_error
@@ -126,7 +138,8 @@ class _CpuFinder(importlib.abc.MetaPathFinder):
         if root in _State.missing_packages:
             reason = _State.missing_packages[root]
             return importlib.util.spec_from_loader(
-                fullname, _ModuleLoader(lambda name: placeholders.PackagePlaceholder(name, reason)), is_package=True)
+                fullname, _ModuleLoader(lambda name: placeholders.PackagePlaceholder(name, reason)), is_package=True
+            )
         if not fullname.startswith("pcdet."):
             return None
         if fullname in EXTENSION_MODULES:

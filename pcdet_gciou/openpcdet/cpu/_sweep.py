@@ -1,4 +1,5 @@
 """Sort-and-sweep candidate search shared by the pairwise box ops and the ball query."""
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -6,8 +7,9 @@ from typing import Iterator
 import torch
 
 
-def x_sweep_blocks(query_x: torch.Tensor, query_reach: torch.Tensor, point_x: torch.Tensor, point_reach: float,
-                   rows: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def x_sweep_blocks(
+    query_x: torch.Tensor, query_reach: torch.Tensor, point_x: torch.Tensor, point_reach: float, rows: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Blocks of queries with every point that could lie within reach of one of them along x.
 
     Queries are processed in x order, ``rows`` at a time; for each block the candidates are the points whose x lies
@@ -31,7 +33,7 @@ def x_sweep_blocks(query_x: torch.Tensor, query_reach: torch.Tensor, point_x: to
     low_edge = query_x - query_reach
     high_edge = query_x + query_reach
     for start in range(0, query_x.shape[0], rows):
-        queries = query_order[start:start + rows]
+        queries = query_order[start : start + rows]
         # Relative slack: the bounds are only a prefilter, so err on the side of more candidates.
         low = low_edge[queries].min() - point_reach
         high = high_edge[queries].max() + point_reach

@@ -11,6 +11,7 @@ IoU matrices are :func:`pcdet_gciou.geometry.rotated_iou_bev_matrix` / ``rotated
 KITTI evaluator's overlaps work on a sparse pair list instead: exact rotated overlaps only for pairs whose BEV
 circumscribed circles meet (found by a sort-and-sweep along x), so NMS can walk each kept box's overlaps.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -18,8 +19,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pcdet_gciou.geometry import (points_in_boxes_mask, rotated_iou_3d, rotated_iou_3d_matrix, rotated_iou_bev,
-                                  rotated_iou_bev_matrix)
+from pcdet_gciou.geometry import (
+    points_in_boxes_mask,
+    rotated_iou_3d,
+    rotated_iou_3d_matrix,
+    rotated_iou_bev,
+    rotated_iou_bev_matrix,
+)
 
 from ._sweep import x_sweep_blocks
 
@@ -71,8 +77,9 @@ def overlapping_pairs(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> tuple[tor
     radius_a = 0.5 * torch.hypot(boxes_a[:, 3].double(), boxes_a[:, 4].double())
     radius_b = 0.5 * torch.hypot(boxes_b[:, 3].double(), boxes_b[:, 4].double())
     pair_i, pair_j = [], []
-    for rows_a, cols_b in x_sweep_blocks(centre_a[:, 0], radius_a, centre_b[:, 0], float(radius_b.max()),
-                                         rows=_SWEEP_ROWS):
+    for rows_a, cols_b in x_sweep_blocks(
+        centre_a[:, 0], radius_a, centre_b[:, 0], float(radius_b.max()), rows=_SWEEP_ROWS
+    ):
         if cols_b.numel() == 0:
             continue
         step = max(1, _BLOCK_ELEMENTS // cols_b.numel())
@@ -107,7 +114,7 @@ def pairwise_box_values(
     pair_i, pair_j = overlapping_pairs(boxes_a, boxes_b)
     with torch.no_grad():
         for start in range(0, pair_i.numel(), _PAIR_CHUNK):
-            i, j = pair_i[start:start + _PAIR_CHUNK], pair_j[start:start + _PAIR_CHUNK]
+            i, j = pair_i[start : start + _PAIR_CHUNK], pair_j[start : start + _PAIR_CHUNK]
             out[i, j] = paired_fn(boxes_a[i], boxes_b[j]).to(dtype)
     return out
 
@@ -172,10 +179,16 @@ def greedy_nms(boxes: torch.Tensor, threshold: float) -> torch.Tensor:
     later = pair_j > pair_i
     pair_i, pair_j = pair_i[later], pair_j[later]
     with torch.no_grad():
-        ious = torch.cat([
-            rotated_iou_bev(boxes[pair_i[s:s + _PAIR_CHUNK]], boxes[pair_j[s:s + _PAIR_CHUNK]])
-            for s in range(0, pair_i.numel(), _PAIR_CHUNK)
-        ]) if pair_i.numel() else boxes.new_zeros(0)
+        ious = (
+            torch.cat(
+                [
+                    rotated_iou_bev(boxes[pair_i[s : s + _PAIR_CHUNK]], boxes[pair_j[s : s + _PAIR_CHUNK]])
+                    for s in range(0, pair_i.numel(), _PAIR_CHUNK)
+                ]
+            )
+            if pair_i.numel()
+            else boxes.new_zeros(0)
+        )
     over = ious > threshold
     suppressor = pair_i[over].cpu().numpy()  # sorted ascending: overlapping_pairs yields rows in order
     suppressed_by = pair_j[over].cpu().numpy()
@@ -185,8 +198,8 @@ def greedy_nms(boxes: torch.Tensor, threshold: float) -> torch.Tensor:
     current = 0
     while True:
         keep.append(current)
-        suppressed[suppressed_by[row_start[current]:row_start[current + 1]]] = True
-        remaining = ~suppressed[current + 1:]
+        suppressed[suppressed_by[row_start[current] : row_start[current + 1]]] = True
+        remaining = ~suppressed[current + 1 :]
         if not remaining.any():
             break
         current += 1 + int(remaining.argmax())

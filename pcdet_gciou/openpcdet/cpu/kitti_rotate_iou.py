@@ -9,6 +9,7 @@ camera frame). The kernel builds corners with the matrix ``[[cos, sin], [-sin, c
 ``-ry`` in the (x, z) plane ("clockwise when positive"); in our counter-clockwise convention the same
 rectangle has heading ``-ry``.
 """
+
 from __future__ import annotations
 
 import numpy as np

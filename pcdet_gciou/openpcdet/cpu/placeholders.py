@@ -1,4 +1,5 @@
 """Placeholder modules for imports that an unbuilt OpenPCDet tree cannot satisfy on a CPU-only machine."""
+
 from __future__ import annotations
 
 import types

@@ -9,6 +9,7 @@ Gradients flow through :func:`grouping_operation` and :func:`three_interpolate` 
 Work is vectorised per sample; ball queries only compare a block of centres with the points in their x-range
 (sort and sweep). Farthest-point sampling is inherently sequential and loops once per sampled point.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,14 @@ def _segments(batch_cnt: torch.Tensor) -> list[tuple[int, int]]:
     return list(zip(_batch_starts(batch_cnt), counts))
 
 
-def ball_query(radius: float, nsample: int, xyz: torch.Tensor, xyz_batch_cnt: torch.Tensor,
-               new_xyz: torch.Tensor, new_xyz_batch_cnt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def ball_query(
+    radius: float,
+    nsample: int,
+    xyz: torch.Tensor,
+    xyz_batch_cnt: torch.Tensor,
+    new_xyz: torch.Tensor,
+    new_xyz_batch_cnt: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """First ``nsample`` points (in storage order) strictly within ``radius`` of each query centre.
 
     Args:
@@ -59,19 +66,23 @@ def ball_query(radius: float, nsample: int, xyz: torch.Tensor, xyz_batch_cnt: to
         empty balls are all zeros; ``empty_ball_mask`` ``(M,)`` bool.
     """
     if len(xyz_batch_cnt) != len(new_xyz_batch_cnt):
-        raise ValueError(f"xyz_batch_cnt and new_xyz_batch_cnt need the same batch size, got "
-                         f"{len(xyz_batch_cnt)} and {len(new_xyz_batch_cnt)}")
+        raise ValueError(
+            f"xyz_batch_cnt and new_xyz_batch_cnt need the same batch size, got "
+            f"{len(xyz_batch_cnt)} and {len(new_xyz_batch_cnt)}"
+        )
     idx = torch.zeros(new_xyz.shape[0], nsample, dtype=torch.int32, device=new_xyz.device)
     empty = torch.ones(new_xyz.shape[0], dtype=torch.bool, device=new_xyz.device)
     radius_sq = float(radius) ** 2
-    for (point_start, num_points), (query_start, num_queries) in zip(_segments(xyz_batch_cnt),
-                                                                     _segments(new_xyz_batch_cnt)):
+    for (point_start, num_points), (query_start, num_queries) in zip(
+        _segments(xyz_batch_cnt), _segments(new_xyz_batch_cnt)
+    ):
         if num_points == 0 or num_queries == 0:
             continue
-        points = xyz[point_start:point_start + num_points]
-        queries = new_xyz[query_start:query_start + num_queries]
-        for query_rows, candidates in x_sweep_blocks(queries[:, 0], torch.tensor(float(radius)), points[:, 0], 0.0,
-                                                     rows=_SWEEP_ROWS):
+        points = xyz[point_start : point_start + num_points]
+        queries = new_xyz[query_start : query_start + num_queries]
+        for query_rows, candidates in x_sweep_blocks(
+            queries[:, 0], torch.tensor(float(radius)), points[:, 0], 0.0, rows=_SWEEP_ROWS
+        ):
             if candidates.numel() == 0:
                 continue
             # Storage order decides which hits fill the slots: sort candidate indices, non-hits get key num_points.
@@ -93,15 +104,20 @@ def ball_query(radius: float, nsample: int, xyz: torch.Tensor, xyz_batch_cnt: to
     return idx, empty
 
 
-def grouping_operation(features: torch.Tensor, features_batch_cnt: torch.Tensor,
-                       idx: torch.Tensor, idx_batch_cnt: torch.Tensor) -> torch.Tensor:
+def grouping_operation(
+    features: torch.Tensor, features_batch_cnt: torch.Tensor, idx: torch.Tensor, idx_batch_cnt: torch.Tensor
+) -> torch.Tensor:
     """Gather features of grouped points: ``(M, C, nsample)`` from ``(N, C)`` and per-sample ``idx`` ``(M, nsample)``."""
     if features.shape[0] != int(features_batch_cnt.sum()) or idx.shape[0] != int(idx_batch_cnt.sum()):
-        raise ValueError(f"features {tuple(features.shape)} / idx {tuple(idx.shape)} do not match their batch counts "
-                         f"{features_batch_cnt.tolist()} / {idx_batch_cnt.tolist()}")
+        raise ValueError(
+            f"features {tuple(features.shape)} / idx {tuple(idx.shape)} do not match their batch counts "
+            f"{features_batch_cnt.tolist()} / {idx_batch_cnt.tolist()}"
+        )
     starts = torch.as_tensor(_batch_starts(features_batch_cnt), dtype=torch.long, device=features.device)
-    sample_of_row = torch.repeat_interleave(torch.arange(len(idx_batch_cnt), device=features.device),
-                                            idx_batch_cnt.to(device=features.device, dtype=torch.long))
+    sample_of_row = torch.repeat_interleave(
+        torch.arange(len(idx_batch_cnt), device=features.device),
+        idx_batch_cnt.to(device=features.device, dtype=torch.long),
+    )
     global_idx = idx.long() + starts[sample_of_row][:, None]
     return features[global_idx].permute(0, 2, 1).contiguous()
 
@@ -143,15 +159,18 @@ def stack_farthest_point_sample(xyz: torch.Tensor, xyz_batch_cnt: torch.Tensor, 
     else:
         counts = [int(npoint)] * batch_size
     with torch.no_grad():
-        chunks = [start + _farthest_point_indices(xyz[start:start + length], count)
-                  for (start, length), count in zip(_segments(xyz_batch_cnt), counts)]
+        chunks = [
+            start + _farthest_point_indices(xyz[start : start + length], count)
+            for (start, length), count in zip(_segments(xyz_batch_cnt), counts)
+        ]
     if not chunks:
         return torch.zeros(0, dtype=torch.int32, device=xyz.device)
     return torch.cat(chunks).to(torch.int32)
 
 
-def three_nn(unknown: torch.Tensor, unknown_batch_cnt: torch.Tensor,
-             known: torch.Tensor, known_batch_cnt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def three_nn(
+    unknown: torch.Tensor, unknown_batch_cnt: torch.Tensor, known: torch.Tensor, known_batch_cnt: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Three nearest known points of each unknown point, within its sample.
 
     Returns:
@@ -161,12 +180,13 @@ def three_nn(unknown: torch.Tensor, unknown_batch_cnt: torch.Tensor,
     dist = unknown.new_full((unknown.shape[0], 3), 1e20)
     idx = torch.zeros(unknown.shape[0], 3, dtype=torch.int32, device=unknown.device)
     with torch.no_grad():
-        for (query_start, num_queries), (known_start, num_known) in zip(_segments(unknown_batch_cnt),
-                                                                        _segments(known_batch_cnt)):
-            idx[query_start:query_start + num_queries] = known_start
+        for (query_start, num_queries), (known_start, num_known) in zip(
+            _segments(unknown_batch_cnt), _segments(known_batch_cnt)
+        ):
+            idx[query_start : query_start + num_queries] = known_start
             if num_known == 0 or num_queries == 0:
                 continue
-            points = known[known_start:known_start + num_known]
+            points = known[known_start : known_start + num_known]
             take = min(3, num_known)
             rows = max(1, _BLOCK_ELEMENTS // num_known)
             for start in range(query_start, query_start + num_queries, rows):
