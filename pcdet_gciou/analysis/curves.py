@@ -20,6 +20,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..training.rundir import (
+    EVAL_CSV,
+    EVAL_FIELDS,
+    METRIC_FIELDS,
+    METRICS_CSV,
+    TENSORBOARD_DIR,
+    check_columns,
+    parse_eval_row,
+    parse_metric_row,
+)
+
 APKey = Tuple[str, str, str, str]  # (class, metric, difficulty, recall)
 SUMMARY_FIELDS = (
     "run",
@@ -88,19 +99,14 @@ def read_metrics_csv(path: Path) -> Tuple[Dict[str, Series], int]:
     skipped = 0
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        missing = {"step", "epoch", "tag", "value"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: expected header step,epoch,tag,value, got {reader.fieldnames}")
-        for row in reader:
+        check_columns(path, reader.fieldnames, METRIC_FIELDS)
+        for raw in reader:
             try:
-                step, epoch, value = int(row["step"]), float(row["epoch"]), float(row["value"])
-                tag = row["tag"]
-                if not tag:
-                    raise ValueError
-            except (TypeError, ValueError):
+                row = parse_metric_row(raw)
+            except ValueError:
                 skipped += 1
                 continue
-            rows.setdefault(tag, []).append((step, epoch, value))
+            rows.setdefault(row.tag, []).append((row.step, float(row.epoch), row.value))
     return {tag: _series(r) for tag, r in rows.items()}, skipped
 
 
@@ -122,19 +128,14 @@ def read_eval_results(path: Path) -> Tuple[Dict[APKey, Tuple[np.ndarray, np.ndar
     skipped = 0
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        missing = {"epoch", "class", "metric", "difficulty", "recall", "ap"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}; got {reader.fieldnames}")
-        for row in reader:
+        check_columns(path, reader.fieldnames, EVAL_FIELDS)
+        for raw in reader:
             try:
-                epoch, ap = int(row["epoch"]), float(row["ap"])
-                key = (row["class"], row["metric"], row["difficulty"], row["recall"])
-                if not all(key):
-                    raise ValueError
-            except (TypeError, ValueError):
+                row = parse_eval_row(raw)
+            except ValueError:
                 skipped += 1
                 continue
-            table.setdefault(key, {})[epoch] = ap
+            table.setdefault((row.cls, row.metric, row.difficulty, row.recall), {})[row.epoch] = row.ap
     out = {}
     for key, by_epoch in table.items():
         epochs = np.array(sorted(by_epoch), dtype=float)
@@ -148,14 +149,14 @@ def load_run(run_dir, label: Optional[str] = None) -> RunCurves:
     if not run_dir.is_dir():
         raise ValueError(f"run directory not found: {run_dir}")
     run = RunCurves(run_dir, label or run_label(run_dir))
-    metrics = run_dir / "metrics.csv"
+    metrics = run_dir / METRICS_CSV
     if metrics.is_file():
         run.scalars, run.skipped_rows = read_metrics_csv(metrics)
-        run.scalar_source = "metrics.csv"
-    elif (run_dir / "tensorboard").is_dir():
-        run.scalars = read_tensorboard(run_dir / "tensorboard")
+        run.scalar_source = METRICS_CSV
+    elif (run_dir / TENSORBOARD_DIR).is_dir():
+        run.scalars = read_tensorboard(run_dir / TENSORBOARD_DIR)
         run.scalar_source = "tensorboard" if run.scalars else "none"
-    evals = run_dir / "eval_results.csv"
+    evals = run_dir / EVAL_CSV
     if evals.is_file():
         run.ap, skipped = read_eval_results(evals)
         run.skipped_rows += skipped

@@ -1,11 +1,6 @@
 """Run-directory logging: ``metrics.csv`` (long format) + TensorBoard, ``eval_results.csv`` and the text log.
 
-File formats are a contract with :mod:`pcdet_gciou.analysis` (see the team guide):
-
-- ``metrics.csv``: header ``step,epoch,tag,value``, one row per scalar, appended. ``step`` is the number of
-  optimiser steps completed (1 for the first iteration); ``epoch`` is the 1-based epoch the step belongs to (the
-  steps of epoch ``N`` lead to ``checkpoint_epoch_N.pth``).
-- ``eval_results.csv``: header ``epoch,checkpoint,class,metric,difficulty,recall,ap``.
+The file names and CSV schemas are defined once, in :mod:`pcdet_gciou.training.rundir`.
 """
 
 from __future__ import annotations
@@ -18,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from .rundir import EVAL_FIELDS, METRIC_FIELDS, METRICS_CSV, TENSORBOARD_DIR, check_columns, parse_metric_row
+
 __all__ = [
     "EVAL_FIELDS",
     "METRIC_FIELDS",
@@ -27,9 +24,6 @@ __all__ = [
     "evaluated_checkpoints",
     "read_metrics",
 ]
-
-METRIC_FIELDS = ("step", "epoch", "tag", "value")
-EVAL_FIELDS = ("epoch", "checkpoint", "class", "metric", "difficulty", "recall", "ap")
 
 
 def create_logger(log_file: str | os.PathLike | None, rank: int = 0, name: str = "pcdet_gciou") -> logging.Logger:
@@ -62,12 +56,23 @@ def _rewrite_csv(path: Path, fields: Iterable[str], rows: list[dict]) -> None:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``metrics.csv`` with ``step``/``epoch`` as int and ``value`` as float."""
+    """Rows of a ``metrics.csv`` as dicts with ``step``/``epoch`` as int and ``value`` as float."""
     with open(path, newline="") as handle:
-        return [
-            {"step": int(r["step"]), "epoch": int(r["epoch"]), "tag": r["tag"], "value": float(r["value"])}
-            for r in csv.DictReader(handle)
-        ]
+        reader = csv.DictReader(handle)
+        check_columns(path, reader.fieldnames, METRIC_FIELDS)
+        return [parse_metric_row(r)._asdict() for r in reader]
+
+
+def _complete_metric_rows(path: Path) -> list:
+    """The well-formed rows of a ``metrics.csv`` (a killed run may have left a half-written last line)."""
+    rows = []
+    with open(path, newline="") as handle:
+        for raw in csv.DictReader(handle):
+            try:
+                rows.append(parse_metric_row(raw))
+            except ValueError:
+                continue
+    return rows
 
 
 class MetricsLogger:
@@ -84,9 +89,9 @@ class MetricsLogger:
     def __init__(self, run_dir: str | os.PathLike, *, tensorboard: bool = True, resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.csv_path = self.run_dir / "metrics.csv"
+        self.csv_path = self.run_dir / METRICS_CSV
         if resume_step is not None and self.csv_path.exists():
-            kept = [r for r in read_metrics(self.csv_path) if r["step"] <= resume_step]
+            kept = [r._asdict() for r in _complete_metric_rows(self.csv_path) if r.step <= resume_step]
             _rewrite_csv(self.csv_path, METRIC_FIELDS, kept)
         new_file = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
         self._handle = open(self.csv_path, "a", newline="")
@@ -99,7 +104,7 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             purge = None if resume_step is None else resume_step + 1
-            self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
+            self.tb = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR), purge_step=purge)
 
     def log(self, step: int, epoch: int, scalars: Mapping[str, float]) -> None:
         """One row per scalar; values are converted with ``float``."""
