@@ -4,7 +4,7 @@ Importing this package does **not** import ``pcdet``; :func:`register` does. Typ
 ``pcdet.models.build_network``::
 
     from pcdet_gciou.openpcdet import register
-    register()   # -> ['AnchorHeadSingleGCIoU', 'PVRCNNHeadGCIoU'] the first time, [] afterwards
+    register()   # -> ['AnchorHeadSingleGCIoU', 'PVRCNNHeadGCIoU', 'CTBEVBackbone'] the first time, [] afterwards
 
 On a machine without CUDA, call ``pcdet_gciou.openpcdet.cpu.install()`` before anything imports
 ``pcdet`` (tests and debugging only).
@@ -23,6 +23,7 @@ __all__ = ["register", "registered_heads", "HEADS"]
 HEADS = {
     "AnchorHeadSingleGCIoU": ("pcdet.models.dense_heads", "pcdet_gciou.openpcdet.dense_head"),
     "PVRCNNHeadGCIoU": ("pcdet.models.roi_heads", "pcdet_gciou.openpcdet.roi_head"),
+    "CTBEVBackbone": ("pcdet.models.backbones_2d", "pcdet_gciou.openpcdet.ct_bev_backbone"),
 }
 
 
