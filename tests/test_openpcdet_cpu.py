@@ -313,7 +313,7 @@ def test_install_is_idempotent_and_uninstall_restores():
     cpu.install()
     cpu.install()
     assert cpu.is_installed()
-    finders = [f for f in sys.meta_path if type(f).__name__ == "_CpuFinder"]
+    finders = [f for f in sys.meta_path if type(f).__name__ == "_PortableFinder"]
     assert len(finders) == 1
     if not torch.cuda.is_available():
         tensor = torch.ones(2)
@@ -321,7 +321,7 @@ def test_install_is_idempotent_and_uninstall_restores():
         assert torch.nn.Linear(2, 2).cuda().weight.device.type == "cpu"
     cpu.uninstall()
     assert not cpu.is_installed()
-    assert not any(type(f).__name__ == "_CpuFinder" for f in sys.meta_path)
+    assert not any(type(f).__name__ == "_PortableFinder" for f in sys.meta_path)
     assert "cuda" not in torch.Tensor.__dict__ or not torch.Tensor.__dict__["cuda"].__name__.startswith("_noop")
     if was_installed:
         cpu.install()
@@ -376,7 +376,7 @@ def test_package_placeholder_imports_but_refuses_use():
     with pytest.raises(ImportError, match="somepackage.transforms.Compose is unavailable: ModuleNotFound"):
         transform([])
     with pytest.raises(AttributeError):
-        package.__wrapped__
+        _ = package.__wrapped__
     extension = placeholders.ExtensionPlaceholder("pkg.some_cuda")
     with pytest.raises(NotImplementedError, match="pkg.some_cuda.nms_gpu is not available"):
         extension.nms_gpu(1)

@@ -1,4 +1,4 @@
-"""Placeholder modules for imports that an unbuilt OpenPCDet tree cannot satisfy on a CPU-only machine."""
+"""Placeholder modules for imports that an unbuilt OpenPCDet tree cannot satisfy (extensions, optional packages)."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ class _UnavailableOp:
 class ExtensionPlaceholder(types.ModuleType):
     """Stands in for a compiled OpenPCDet extension; every attribute is an op that raises NotImplementedError.
 
-    OpenPCDet's Python wrappers that have CPU versions in :mod:`pcdet_gciou.openpcdet.cpu` never reach it.
+    OpenPCDet's Python wrappers that have portable versions in :mod:`pcdet_gciou.openpcdet.cpu` never reach it.
     """
 
     def __init__(self, name: str):
-        super().__init__(name, f"pcdet_gciou CPU placeholder for the compiled extension {name}")
+        super().__init__(name, f"pcdet_gciou placeholder for the compiled extension {name} (not built)")
         self.__file__ = f"<pcdet_gciou placeholder {name}>"
 
     def __getattr__(self, attr: str):
@@ -35,7 +35,7 @@ class ExtensionPlaceholder(types.ModuleType):
         return _UnavailableOp(
             f"{self.__name__}.{attr}",
             "it is a compiled OpenPCDet CUDA op, the extension is not built, and pcdet_gciou.openpcdet.cpu has no "
-            "CPU version of the Python function that calls it",
+            "portable version of the Python function that calls it",
         )
 
 
