@@ -81,7 +81,7 @@ def ball_query(
         points = xyz[point_start : point_start + num_points]
         queries = new_xyz[query_start : query_start + num_queries]
         for query_rows, candidates in x_sweep_blocks(
-            queries[:, 0], torch.tensor(float(radius)), points[:, 0], 0.0, rows=_SWEEP_ROWS
+            queries[:, 0], queries.new_tensor(float(radius)), points[:, 0], 0.0, rows=_SWEEP_ROWS
         ):
             if candidates.numel() == 0:
                 continue
@@ -107,16 +107,17 @@ def ball_query(
 def grouping_operation(
     features: torch.Tensor, features_batch_cnt: torch.Tensor, idx: torch.Tensor, idx_batch_cnt: torch.Tensor
 ) -> torch.Tensor:
-    """Gather features of grouped points: ``(M, C, nsample)`` from ``(N, C)`` and per-sample ``idx`` ``(M, nsample)``."""
+    """Gather grouped points' features: ``(M, C, nsample)`` from ``(N, C)`` and per-sample ``idx`` ``(M, nsample)``."""
     if features.shape[0] != int(features_batch_cnt.sum()) or idx.shape[0] != int(idx_batch_cnt.sum()):
         raise ValueError(
             f"features {tuple(features.shape)} / idx {tuple(idx.shape)} do not match their batch counts "
             f"{features_batch_cnt.tolist()} / {idx_batch_cnt.tolist()}"
         )
     starts = torch.as_tensor(_batch_starts(features_batch_cnt), dtype=torch.long, device=features.device)
-    sample_of_row = torch.repeat_interleave(
+    sample_of_row = torch.repeat_interleave(  # output_size: no host sync on CUDA
         torch.arange(len(idx_batch_cnt), device=features.device),
         idx_batch_cnt.to(device=features.device, dtype=torch.long),
+        output_size=idx.shape[0],
     )
     global_idx = idx.long() + starts[sample_of_row][:, None]
     return features[global_idx].permute(0, 2, 1).contiguous()
