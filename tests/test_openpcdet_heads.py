@@ -25,7 +25,13 @@ from pcdet_gciou.openpcdet.anchor_ops import (
     residual_space_boxes,
     shift_no_wrap,
 )
-from pcdet_gciou.openpcdet.loss_config import parse_dense_loss_config, parse_roi_loss_config
+from pcdet_gciou.openpcdet.loss_config import (
+    CenterLossOptions,
+    LossSpec,
+    parse_center_loss_config,
+    parse_dense_loss_config,
+    parse_roi_loss_config,
+)
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "cfgs" / "kitti_models"
 ALL_CONFIGS = sorted(MODELS_DIR.glob("*.yaml"))
@@ -57,9 +63,39 @@ def test_unknown_loss_config_key_raises_naming_it():
 
 def test_dense_loss_config_defaults_and_kwargs():
     opts = parse_dense_loss_config(_dense_cfg(REG_LOSS={"NAME": "gciou", "g": "exp"}, SPACE="residual"))
-    assert (opts.reg_loss_name, opts.reg_loss_kwargs, opts.space) == ("gciou", {"g": "exp"}, "residual")
+    assert (opts.reg_loss.name, opts.reg_loss.kwargs, opts.space) == ("gciou", {"g": "exp"}, "residual")
     assert not (opts.keep_smooth_l1 or opts.iou_quality_focal or opts.enlarge_positives)
-    assert opts.smooth_l1_weight == opts.loc_weight == 1.0
+    assert opts.smooth_l1_weight is None and opts.smooth_l1_scale == opts.loc_weight == 1.0
+    assert parse_dense_loss_config(_dense_cfg()).reg_loss == LossSpec()  # the dataclass default
+    # a loss option the loss does not take is caught when the config is parsed, naming the key
+    with pytest.raises(ValueError, match=r"REG_LOSS.*'alhpa'"):
+        parse_dense_loss_config(_dense_cfg(REG_LOSS={"NAME": "gciou", "alhpa": 2.0}))
+    with pytest.raises(ValueError, match=r"LOSS_WEIGHTS.dir_weight is required"):
+        parse_dense_loss_config({"LOSS_WEIGHTS": {"cls_weight": 1.0, "loc_weight": 1.0}})
+
+
+def test_loss_names_come_from_the_registry():
+    from pcdet_gciou.losses import LOSSES
+
+    for name in LOSSES:
+        assert parse_dense_loss_config(_dense_cfg(REG_LOSS={"NAME": name})).reg_loss.name == name
+    with pytest.raises(ValueError, match=str(list(LOSSES)).replace("[", r"\[").replace("]", r"\]")):
+        parse_roi_loss_config({"IOU_REG_LOSS": {"LOSS": {"NAME": "ciou"}}})
+
+
+def test_center_loss_config_defaults_unknown_keys_and_host_weights():
+    host = {"LOSS_WEIGHTS": {"cls_weight": 1.0, "loc_weight": 0.25, "code_weights": [1.0] * 8}}
+    opts = parse_center_loss_config(host)
+    assert opts == CenterLossOptions()
+    assert parse_center_loss_config({**host, "KEEP_L1": True}).keep_l1 is True
+    with pytest.raises(ValueError, match=r"'KEEP_L2'.*allowed keys"):
+        parse_center_loss_config({**host, "KEEP_L2": True})
+    with pytest.raises(ValueError, match=r"'dir_weight'"):  # an anchor-head weight is not a centre-head key
+        parse_center_loss_config({"LOSS_WEIGHTS": {**host["LOSS_WEIGHTS"], "dir_weight": 0.2}})
+    with pytest.raises(ValueError, match=r"code_weights is required"):
+        parse_center_loss_config({"LOSS_WEIGHTS": {"cls_weight": 1.0, "loc_weight": 0.25}})
+    with pytest.raises(TypeError, match=r"iou_weight"):
+        parse_center_loss_config({"LOSS_WEIGHTS": {**host["LOSS_WEIGHTS"], "iou_weight": "1"}})
 
 
 def test_shift_no_wrap_matches_padded_slicing():
@@ -414,10 +450,9 @@ def test_stock_head_logs_the_same_positive_iou(pointpillar_frame):
 def test_decoded_targets_equal_matched_gt(pointpillar_frame):
     head = _head(pointpillar_frame)
     _run_head(head, pointpillar_frame)
-    _, _, _, target, anchors = head._positives()
-    _, decoded = head.decode_positives(target, target, anchors)
+    decoded = head.positives().target
     gt = _gt_boxes(pointpillar_frame)
-    assert target.shape[0] >= gt.shape[0] >= 1
+    assert decoded.shape[0] >= gt.shape[0] >= 1
     assert _matched_gt_error(decoded, gt).max() < 1e-4
     # every GT box is the target of at least one positive
     err = (decoded[:, None, :6] - gt[None, :, :6]).abs().amax(-1)
@@ -449,10 +484,25 @@ def test_keep_smooth_l1_adds_the_host_term(pointpillar_frame):
 
 
 @PCDET
+def test_positives_are_decoded_once_per_step(pointpillar_frame):
+    from pcdet_gciou.openpcdet.anchor_ops import mean_positive_iou
+
+    head = _head(pointpillar_frame, IOU_QUALITY_FOCAL=True)
+    calls = []
+    decode = head.box_coder.decode_torch
+    head.box_coder.decode_torch = lambda *args: calls.append(1) or decode(*args)
+    for step in range(2):
+        _, tb = _run_head(head, pointpillar_frame)  # QFL, the IoU loss and rpn_iou_pos
+        assert mean_positive_iou(head) == tb["rpn_iou_pos"]
+        assert len(calls) == 2 * (step + 1)  # predictions and targets, once each per step
+    assert head.positives() is head.positives()
+
+
+@PCDET
 def test_quality_focal_soft_targets_equal_detached_iou(pointpillar_frame):
     head = _head(pointpillar_frame, IOU_QUALITY_FOCAL=True)
     _, tb = _run_head(head, pointpillar_frame)
-    positives, soft = head.positive_soft_targets()
+    soft = head.positives().loss_space_iou
     ret = head.forward_ret_dict
     mask = ret["box_cls_labels"][0] > 0
     anchors = torch.cat(head.anchors, dim=-3).view(-1, 7)[mask]

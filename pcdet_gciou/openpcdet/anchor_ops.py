@@ -12,8 +12,6 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from pcdet_gciou.geometry import rotated_iou_3d
-
 __all__ = [
     "flat_anchors",
     "mean_positive_iou",
@@ -171,34 +169,31 @@ def flat_anchors(anchors: Sequence[torch.Tensor], multihead: bool = False) -> to
 def mean_positive_iou(head) -> Optional[float]:
     """Mean 3D IoU of an anchor head's positive predictions with their ground truth, after its last training forward.
 
-    Works on any OpenPCDet anchor head with a 7-code ``ResidualCoder`` (``AnchorHeadSingle`` and ours) by duck
-    typing: both the predictions (log sizes clamped as in :func:`clamp_encoded_sizes`) and the targets are decoded
-    against their anchors, so a baseline and a GCIoU run log the same quantity. 0.0 when the batch has no
-    positives; ``None`` when ``head`` is not such a head or has no training outputs.
+    Our GCIoU anchor heads answer from the positives they decoded for the loss (``head.positives()``). Any other
+    OpenPCDet anchor head with a ``ResidualCoder`` (``AnchorHeadSingle``, ``AnchorHeadMulti``) is decoded the same
+    way by duck typing (predicted log sizes clamped as in :func:`clamp_encoded_sizes`), so a baseline and a GCIoU
+    run log the same quantity. 0.0 when the batch has no positives; ``None`` when ``head`` is not such a head or has
+    no training outputs.
     """
+    from .positives import decode_anchor_positives
+
     outputs = getattr(head, "forward_ret_dict", None)
     if not isinstance(outputs, dict) or not all(
         k in outputs for k in ("box_preds", "box_cls_labels", "box_reg_targets")
     ):
         return None
+    if callable(getattr(head, "positives", None)):
+        return head.positives().mean_iou
     coder = getattr(head, "box_coder", None)
-    if getattr(coder, "code_size", None) != 7 or not hasattr(head, "anchors"):
+    if not hasattr(coder, "decode_torch") or not hasattr(head, "anchors"):
         return None
-    labels = outputs["box_cls_labels"]
-    batch_size, num_anchors = labels.shape
+    labels, targets = outputs["box_cls_labels"], outputs["box_reg_targets"]
     box_preds = outputs["box_preds"]
-    if box_preds.numel() != batch_size * num_anchors * 7:
+    numel = sum(p.numel() for p in box_preds) if isinstance(box_preds, (list, tuple)) else box_preds.numel()
+    if targets.shape[:2] != labels.shape or numel != targets.numel():
         return None
-    positives = labels > 0
-    if not bool(positives.any()):
-        return 0.0
-    anchors = flat_anchors(head.anchors, getattr(head, "use_multihead", False)).float()
-    anchors = anchors.unsqueeze(0).expand(batch_size, -1, -1)[positives]
-    pred = coder.decode_torch(
-        clamp_encoded_sizes(box_preds.view(batch_size, num_anchors, 7)[positives].float()), anchors
-    )
-    target = coder.decode_torch(outputs["box_reg_targets"][positives].float(), anchors)
-    return float(rotated_iou_3d(pred, target).mean())
+    anchors = flat_anchors(head.anchors, getattr(head, "use_multihead", False))
+    return decode_anchor_positives(box_preds, labels, targets, anchors, coder.decode_torch).mean_iou
 
 
 def quality_focal_loss(logits: torch.Tensor, soft_targets: torch.Tensor, beta: float = 2.0) -> torch.Tensor:

@@ -11,7 +11,6 @@ from pcdet.models.roi_heads.pvrcnn_head import PVRCNNHead
 from pcdet.utils import common_utils, loss_utils
 
 from pcdet_gciou.geometry import rotated_iou_3d
-from pcdet_gciou.losses import build_loss
 
 from .anchor_ops import clamp_encoded_sizes
 from .loss_config import parse_roi_loss_config
@@ -42,7 +41,7 @@ class PVRCNNHeadGCIoU(PVRCNNHead):
         if self.box_coder.code_size != 7:
             raise ValueError(f"{type(self).__name__} needs a 7-value box code, got {self.box_coder.code_size}")
         self.iou_options = options
-        self.iou_loss_func = build_loss(options.loss_name, **options.loss_kwargs) if options.enabled else None
+        self.iou_loss_func = options.loss.build() if options.enabled else None
 
     def get_box_reg_layer_loss(self, forward_ret_dict):
         options = self.iou_options
