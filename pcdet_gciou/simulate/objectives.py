@@ -1,8 +1,13 @@
 """The losses the simulation compares, each a callable ``(pred_boxes, gt_boxes, anchors) -> (N,)`` per-box loss.
 
+The loss names come from the loss registry (:data:`pcdet_gciou.losses.LOSSES`): every registry loss but
+``gciou`` is compared as it is, and ``gciou`` as the variants of the paper's ablation (f, g, GR) plus the
+batch-normalised rescaling. A variant is a configuration: a registry name plus options, see :class:`LossSpec`.
+``smooth_l1`` is the simulation's own Smooth-L1 on box-coder residuals, OpenPCDet's localisation loss written
+from its formula (it is not a box loss on decoded boxes, so it is not in the registry).
+
 Every IoU-type loss is built with :func:`pcdet_gciou.losses.build_loss` and sees decoded boxes in metres, the
 paper's reading (the official code instead evaluates the IoU in the anchor-normalised residual space).
-The Smooth-L1 baseline is the simulation's own: OpenPCDet's localisation loss written from its formula.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
+from pcdet_gciou.losses import LOSSES
 from pcdet_gciou.simulate.parametrisation import encode_residual
 
 # OpenPCDet's WeightedSmoothL1Loss default for the anchor heads' box regression.
 SMOOTH_L1_BETA = 1.0 / 9.0
+SMOOTH_L1 = "smooth_l1"
 
 
 def smooth_l1_residual_loss(
@@ -47,29 +54,49 @@ def smooth_l1_residual_loss(
 
 @dataclass(frozen=True)
 class LossSpec:
-    """One compared loss: how it is built, and its label in tables and plots."""
+    """One compared loss: a registry name (or ``smooth_l1``) plus the options it is built with."""
 
-    label: str
-    build_name: str  # name for build_loss, or "smooth_l1"
+    build_name: str
     kwargs: Dict[str, object] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def description(self) -> str:
+        """``name(option=value, ...)``: how the loss is built, for tables and legends."""
+        options = ", ".join(f"{k}={v!r}" for k, v in self.kwargs.items())
+        return f"{self.build_name}({options})"
 
 
-LOSS_SPECS: Dict[str, LossSpec] = {
-    "smooth_l1": LossSpec("Smooth-L1 (residuals)", "smooth_l1"),
-    "iou": LossSpec("1 - IoU", "iou"),
-    "log_iou": LossSpec("-ln IoU", "log_iou"),
-    "giou": LossSpec("GIoU", "giou"),
-    "diou": LossSpec("DIoU", "diou"),
-    "odiou": LossSpec("ODIoU", "odiou"),
-    "rdiou": LossSpec("RDIoU", "rdiou"),
-    "gciou_f": LossSpec("GCIoU f only", "gciou", {"g": None}),
-    "gciou_g": LossSpec("GCIoU g only", "gciou", {"alpha": None}),
-    "gciou_fg": LossSpec("GCIoU f+g", "gciou", {}),
-    "gciou_fg_gr": LossSpec("GCIoU f+g+GR", "gciou", {"grad_rescale": True}),
-    "gciou_fg_exp": LossSpec("GCIoU f+g(e^D-1)", "gciou", {"g": "exp"}),
+# GCIoU's variants: Table 1's ablation (f, g, GR) with Eq. 17's g = tan, Table 3's g = e^D - 1, and the two
+# readings of the rescaling: Eq. 18 as written (grad_rescale) and divided by its batch mean (rescale_normalize).
+GCIOU_VARIANTS: Dict[str, Dict[str, object]] = {
+    "gciou_f": {"g": None},
+    "gciou_g": {"alpha": None},
+    "gciou_fg": {},
+    "gciou_fg_gr": {"grad_rescale": True, "rescale_normalize": False},
+    "gciou_fg_gr_norm": {"grad_rescale": True, "rescale_normalize": True},
+    "gciou_fg_exp": {"g": "exp"},
+    "gciou_fg_exp_gr_norm": {"g": "exp", "grad_rescale": True, "rescale_normalize": True},
 }
-# Every loss by default: GCIoU's variants use g = tan (Eq. 17, the official code) except gciou_fg_exp, which
-# uses g = e^D - 1 (Table 3's best, and what the shipped *_gciou.yaml configs use).
+GCIOU_NOTES = {
+    "gciou_fg_gr": "Eq. 18 as written: size gradient x U^(2/3)",
+    "gciou_fg_gr_norm": "Eq. 18 factor divided by its batch mean",
+    "gciou_fg_exp": "Table 3's g = e^D - 1",
+    "gciou_fg_exp_gr_norm": "the configs shipped before the Eq. 18 decision (g exp, normalised GR)",
+}
+
+
+def _loss_specs() -> Dict[str, LossSpec]:
+    specs = {SMOOTH_L1: LossSpec(SMOOTH_L1, note="OpenPCDet's Smooth-L1 on the residuals (beta 1/9)")}
+    for name in LOSSES:
+        if name == "gciou":
+            specs.update({key: LossSpec("gciou", kw, GCIOU_NOTES.get(key, "")) for key, kw in GCIOU_VARIANTS.items()})
+        else:
+            specs[name] = LossSpec(name)
+    return specs
+
+
+LOSS_SPECS: Dict[str, LossSpec] = _loss_specs()
 DEFAULT_LOSSES: Tuple[str, ...] = tuple(LOSS_SPECS)
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -80,7 +107,7 @@ def build_objective(name: str) -> LossFn:
     if name not in LOSS_SPECS:
         raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSS_SPECS)}")
     spec = LOSS_SPECS[name]
-    if spec.build_name == "smooth_l1":
+    if spec.build_name == SMOOTH_L1:
         return smooth_l1_residual_loss
     from pcdet_gciou.losses import build_loss
 

@@ -1,6 +1,6 @@
 """How the simulated "head" parametrises a predicted box.
 
-Two parametrisations (the ``--param`` option):
+Three parametrisations (the ``--param`` option):
 
 - ``residual`` (default): the box coder of an anchor head, written from its formula:
 
@@ -11,6 +11,11 @@ Two parametrisations (the ``--param`` option):
       \\qquad d_a = \\sqrt{d_{x,a}^2 + d_{y,a}^2}
 
   The optimiser moves ``t``, as the regression layer of a detector does.
+- ``shared_head``: the residuals above come out of one linear layer shared by every box of the scenario,
+  ``t_n = phi_n W`` with fixed per-box features ``phi_n`` (``(N, D)``, the scenario's ``features``); the
+  optimiser moves ``W`` (``(D, 7)``). Like a detector's regression conv, every box's gradient lands on the same
+  weights, so how a loss weights one box against another (e.g. Eq. 18's ``U^(2/3)``) decides who converges
+  first, and Adam's per-parameter normalisation can no longer cancel a per-box factor.
 - ``direct``: the optimiser moves the raw box ``(x, y, z, dx, dy, dz, heading)`` in metres and radians.
   This is the setting of the paper's gradient analysis (Sec. 3.2), where ``dL/d(size)`` scales as ``1/s``.
 
@@ -20,9 +25,11 @@ size parameters of a residual head; it survives in ``direct``.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-PARAMETRISATIONS = ("residual", "direct")
+PARAMETRISATIONS = ("residual", "direct", "shared_head")
 
 # exp(5) = 148x the anchor size: far beyond any real box, only there so that a runaway optimiser cannot overflow.
 MAX_LOG_SIZE_RATIO = 5.0
@@ -67,20 +74,40 @@ def decode_residual(residuals: torch.Tensor, anchors: torch.Tensor) -> torch.Ten
     return torch.cat((centre, size, heading), dim=-1)
 
 
-def to_params(boxes: torch.Tensor, anchors: torch.Tensor, param: str) -> torch.Tensor:
-    """The free parameters ``(N, 7)`` that represent ``boxes`` under ``param`` (``residual`` or ``direct``)."""
+def to_params(
+    boxes: torch.Tensor, anchors: torch.Tensor, param: str, features: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """The free parameters that represent ``(N, 7)`` boxes under ``param``: ``(N, 7)``, or ``(D, 7)`` for
+    ``shared_head`` (the least-squares weights mapping ``features`` to the residuals; exact when they are
+    representable, e.g. zero when the boxes are the anchors)."""
     check_param(param)
     if param == "residual":
         return encode_residual(boxes, anchors)
+    if param == "shared_head":
+        features = _check_features(features, boxes)
+        return torch.linalg.lstsq(features, encode_residual(boxes, anchors)).solution
     return boxes.clone()
 
 
-def to_boxes(params: torch.Tensor, anchors: torch.Tensor, param: str) -> torch.Tensor:
-    """Decoded boxes ``(N, 7)`` from the free parameters ``(N, 7)``; differentiable."""
+def to_boxes(
+    params: torch.Tensor, anchors: torch.Tensor, param: str, features: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Decoded boxes ``(..., N, 7)`` from the free parameters (``(..., N, 7)``, or ``(..., D, 7)`` for
+    ``shared_head``); differentiable."""
     check_param(param)
     if param == "residual":
         return decode_residual(params, anchors)
+    if param == "shared_head":
+        return decode_residual(torch.matmul(_check_features(features, anchors), params), anchors)
     return torch.cat((params[..., :3], params[..., 3:6].clamp(min=MIN_DIRECT_EXTENT), params[..., 6:]), dim=-1)
+
+
+def _check_features(features: Optional[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+    if features is None:
+        raise ValueError("param 'shared_head' needs per-box features; this scenario has none (use residual/direct)")
+    if features.dim() != 2 or features.shape[0] != boxes.shape[-2]:
+        raise ValueError(f"features must be (N, D) with N = {boxes.shape[-2]} boxes, got {tuple(features.shape)}")
+    return features
 
 
 def check_param(param: str) -> None:

@@ -1,8 +1,10 @@
 """The optimisation loop: every loss regresses its own copy of the same population for a fixed number of steps.
 
-Each box is an independent problem with its own free parameters (like the paper's toy, which regresses preset
-anchors directly). All losses of a scenario are optimised in one batched tensor ``(L, N, 7)``: the summed loss
-has block-diagonal gradients, and Adam and SGD act per element, so this is exactly L separate runs.
+Under the ``residual`` and ``direct`` parametrisations each box is an independent problem with its own free
+parameters (like the paper's toy, which regresses preset anchors directly); under ``shared_head`` the boxes of a
+scenario share one linear head. All losses of a scenario are optimised in one batched tensor ``(L, N, 7)`` (or
+``(L, D, 7)``): the summed loss has block-diagonal gradients, and Adam and SGD act per element, so this is exactly L
+separate runs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from pcdet_gciou.geometry import heading_error, rotated_iou_3d
-from pcdet_gciou.simulate.objectives import build_objective
+from pcdet_gciou.simulate.objectives import LOSS_SPECS, build_objective
 from pcdet_gciou.simulate.parametrisation import check_param, to_boxes, to_params
 from pcdet_gciou.simulate.scenarios import SCENARIOS, Problem, Scenario
 
@@ -74,7 +76,7 @@ def run_simulation(
     steps: int,
     boxes_per_group: int,
     seed: int,
-    device: torch.device = torch.device("cpu"),
+    device: Optional[torch.device] = None,
     param: Optional[str] = None,
     optimizer: Optional[str] = None,
     lr: Optional[float] = None,
@@ -98,17 +100,21 @@ def run_simulation(
             raise TypeError(f"scenarios must be Scenario objects (see resolve_scenario), got {scenario!r}")
     if not losses:
         raise ValueError("losses must not be empty")
-    objectives = [build_objective(name) for name in losses]
+    device = torch.device("cpu") if device is None else device
+    # a loss that normalises over its batch (rescale_normalize) sees one scenario at a time: a scenario is a batch
+    objectives = [(build_objective(name), bool(LOSS_SPECS[name].kwargs.get("rescale_normalize"))) for name in losses]
     n_losses = len(losses)
 
-    settings, problems, anchors, gts, params, opts = [], [], [], [], [], []
+    settings, problems, anchors, features, gts, params, opts = [], [], [], [], [], [], []
     for scenario in scenarios:
         s_param, s_opt, s_lr = _settings(scenario, param, optimizer, lr)
         problem = scenario.make(boxes_per_group, torch.Generator().manual_seed(scenario_seed(seed, scenario)))
         anchor = problem.anchors.to(device=device, dtype=torch.float32)
-        init = to_params(problem.init_boxes.to(device=device, dtype=torch.float32), anchor, s_param)
+        feats = None if problem.features is None else problem.features.to(device=device, dtype=torch.float32)
+        init = to_params(problem.init_boxes.to(device=device, dtype=torch.float32), anchor, s_param, feats)
         p = init.unsqueeze(0).repeat(n_losses, 1, 1).requires_grad_(True)
         settings.append((s_param, s_opt, s_lr))
+        features.append(feats)
         problems.append(problem)
         anchors.append(anchor)
         gts.append(problem.gt.to(device=device, dtype=torch.float32))
@@ -119,12 +125,14 @@ def run_simulation(
 
     history = torch.empty(steps + 1, n_losses, gt_all.shape[0], len(METRICS), dtype=torch.float32, device=device)
     for step in range(steps + 1):
-        boxes = torch.cat([to_boxes(p, a, s[0]) for p, a, s in zip(params, anchors, settings)], dim=1)
+        boxes = torch.cat([to_boxes(p, a, s[0], f) for p, a, s, f in zip(params, anchors, settings, features)], dim=1)
         with torch.no_grad():
             history[step] = box_metrics(boxes.detach(), gt_all.expand_as(boxes))
         if step == steps:
             break
-        per_box = torch.stack([fn(boxes[k], gt_all, anchors_all) for k, fn in enumerate(objectives)])
+        per_box = torch.stack(
+            [_per_box(fn, coupled, boxes[k], gt_all, anchors_all, sizes) for k, (fn, coupled) in enumerate(objectives)]
+        )
         for opt in opts:
             opt.zero_grad(set_to_none=True)
         per_box.sum().backward()
@@ -140,6 +148,13 @@ def run_simulation(
     ):
         results.append(ScenarioResult(scenario, tuple(losses), problem, part.contiguous(), s_param, s_opt, s_lr))
     return results
+
+
+def _per_box(fn, batch_coupled: bool, boxes, gt, anchors, sizes) -> torch.Tensor:
+    if not batch_coupled:
+        return fn(boxes, gt, anchors)
+    parts = zip(boxes.split(sizes), gt.split(sizes), anchors.split(sizes))
+    return torch.cat([fn(b, g, a) for b, g, a in parts])
 
 
 def _check_finite(per_box, params, losses, scenarios, sizes, step) -> None:
