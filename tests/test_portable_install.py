@@ -29,6 +29,7 @@ def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_install_is_idempotent_and_reports_every_portable_op():
     report = cpu.install()
     assert cpu.install() is report and cpu.installed_report() is report
+    assert cpu.install(report.device) is report
     expected_device = "cuda" if torch.cuda.is_available() else "cpu"
     assert report.device == expected_device and report.noop_cuda_calls == (expected_device == "cpu")
     portable = set(report.portable_ops)
@@ -45,8 +46,9 @@ def test_install_is_idempotent_and_reports_every_portable_op():
 def test_install_rejects_bad_devices():
     with pytest.raises(ValueError, match="device must be None, 'cpu' or 'cuda', got 'mps'"):
         cpu.install("mps")
-    with pytest.raises(ValueError, match="device must be None"):
-        cpu.install(3)
+    for bad in (3, "garbage"):
+        with pytest.raises(ValueError, match="device must be None"):
+            cpu.install(bad)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"torch.cuda.is_available\(\) is False"):
             cpu.install("cuda")

@@ -342,7 +342,10 @@ def _patch_loaded_modules(finder: _PortableFinder, patches: dict[str, dict[str, 
 def _resolve_device(device) -> str:
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    kind = torch.device(device).type if isinstance(device, (str, torch.device)) else None
+    try:
+        kind = torch.device(device).type if isinstance(device, (str, torch.device)) else None
+    except RuntimeError:  # not a device string at all
+        kind = None
     if kind not in ("cpu", "cuda"):
         raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
     if kind == "cuda" and not torch.cuda.is_available():
@@ -356,8 +359,8 @@ def install(device: str | torch.device | None = None) -> InstallReport:
     Args:
         device: ``"cpu"`` runs OpenPCDet entirely on CPU, even where CUDA exists: every op with a portable version
             uses it and ``.cuda()`` becomes a no-op. ``"cuda"`` keeps the compiled extensions that are built and
-            supplies portable ops only for those that are not. ``None``: ``"cuda"`` when CUDA is available, else
-            ``"cpu"``.
+            supplies portable ops only for those that are not. ``None``: the device of an active install, else
+            ``"cuda"`` when CUDA is available, else ``"cpu"``.
 
     Returns:
         An :class:`InstallReport` saying which ops are replaced; the same one on repeated calls.
@@ -366,8 +369,10 @@ def install(device: str | torch.device | None = None) -> InstallReport:
         ValueError: ``device`` is not cpu/cuda, is cuda without CUDA, or differs from an earlier, still active
             install (call :func:`uninstall` first).
     """
-    device = _resolve_device(device)
     with _State.lock:
+        if _State.report is not None and device is None:
+            return _State.report
+        device = _resolve_device(device)
         if _State.report is not None:
             if _State.report.device != device:
                 raise ValueError(
