@@ -22,6 +22,9 @@ __all__ = ["register", "registered_heads", "HEADS"]
 #: name -> (OpenPCDet registry module, our module, class name)
 HEADS = {
     "AnchorHeadSingleGCIoU": ("pcdet.models.dense_heads", "pcdet_gciou.openpcdet.dense_head"),
+    "AnchorHeadMultiGCIoU": ("pcdet.models.dense_heads", "pcdet_gciou.openpcdet.dense_head"),
+    "CenterHeadGCIoU": ("pcdet.models.dense_heads", "pcdet_gciou.openpcdet.center_head"),
+    "VoxelNeXtHeadGCIoU": ("pcdet.models.dense_heads", "pcdet_gciou.openpcdet.center_head"),
     "PVRCNNHeadGCIoU": ("pcdet.models.roi_heads", "pcdet_gciou.openpcdet.roi_head"),
     "CTBEVBackbone": ("pcdet.models.backbones_2d", "pcdet_gciou.openpcdet.ct_bev_backbone"),
 }

@@ -112,7 +112,12 @@ class RoIIoULossOptions:
 
 
 #: keys the host heads read themselves; accepted, not parsed here
-_ANCHOR_HOST_KEYS = (("REG_LOSS_TYPE",), ("LOSS_WEIGHTS", "code_weights"))
+_ANCHOR_HOST_KEYS = (
+    ("REG_LOSS_TYPE",),
+    ("LOSS_WEIGHTS", "code_weights"),
+    ("LOSS_WEIGHTS", "pos_cls_weight"),  # AnchorHeadMulti's classification weights
+    ("LOSS_WEIGHTS", "neg_cls_weight"),
+)
 _CENTER_HOST_KEYS = (("LOSS_WEIGHTS", "cls_weight"), ("LOSS_WEIGHTS", "loc_weight"), ("LOSS_WEIGHTS", "code_weights"))
 _ROI_HOST_KEYS = (
     ("CLS_LOSS",),
