@@ -265,3 +265,12 @@ def test_bad_arguments_are_refused():
         ablate_main(["--table", "1", "--json"])
     with pytest.raises(ValueError, match="table must be one of"):
         resolve_table(0)
+
+
+def test_a_failing_run_stops_with_one_line_naming_the_row(tmp_path, monkeypatch):
+    def fail(command, check):
+        raise subprocess.CalledProcessError(3, command)
+
+    monkeypatch.setattr(subprocess, "run", fail)
+    with pytest.raises(SystemExit, match=r"table 3, row 'g=theta': train.py exited with 3; .*rerun"):
+        ablate_main(["--table", "3", "--runs_dir", str(tmp_path), "--nproc", "2"])

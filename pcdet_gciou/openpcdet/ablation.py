@@ -330,9 +330,19 @@ def ablate_main(argv: Sequence[str] | None = None) -> list[dict]:
         else:
             for command in row["commands"]:
                 print(f"[table {args.table}] {row['row']}: {shlex.join(command)}", flush=True)
-                subprocess.run(command, check=True)
+                try:
+                    subprocess.run(command, check=True)
+                except subprocess.CalledProcessError as exc:
+                    raise SystemExit(
+                        f"ablate: error: table {args.table}, row {row['row']!r}: {_tool_name(command)} exited with "
+                        f"{exc.returncode}; fix the cause above and rerun the same command (finished rows are skipped)"
+                    ) from None
             row["status"] = "ran"
     return rows
+
+
+def _tool_name(command: Sequence[str]) -> str:
+    return next(Path(part).name for part in command if part.endswith(".py"))
 
 
 def _describe(row: Mapping) -> str:
