@@ -10,6 +10,7 @@ from pcdet_gciou.analysis.gradients import (
     angle_gradient,
     boundary_angle,
     closed_form_angle_gradient,
+    eq10_size_gradients,
     size_gradient,
     size_gradient_table,
     write_gradient_figures,
@@ -42,14 +43,14 @@ def test_boundary_angle_is_where_the_intersection_becomes_a_parallelogram():
 
 
 def test_eq8_angle_gradient_of_one_minus_iou(parallelogram_angles):
-    grad, value = angle_gradient(ANGLE_LOSSES["1 - IoU"], parallelogram_angles)
+    grad, value = angle_gradient(ANGLE_LOSSES["iou"], parallelogram_angles)
     expected = closed_form_angle_gradient(1 - value, parallelogram_angles, "iou")
     torch.testing.assert_close(grad, expected, atol=1e-5, rtol=0)
     assert (grad > 0).all()  # turning the prediction further away increases the loss
 
 
 def test_eq9_angle_gradient_of_minus_log_iou(parallelogram_angles):
-    grad, value = angle_gradient(ANGLE_LOSSES["-ln IoU"], parallelogram_angles)
+    grad, value = angle_gradient(ANGLE_LOSSES["log_iou"], parallelogram_angles)
     iou = rotated_iou_3d(*_pair(parallelogram_angles))
     expected = closed_form_angle_gradient(iou, parallelogram_angles, "log_iou")
     torch.testing.assert_close(grad, expected, atol=1e-5, rtol=0)
@@ -67,9 +68,9 @@ def _pair(angles):
 
 def test_angle_gradient_does_not_depend_on_target_heading_and_flips_with_direction():
     angles = torch.tensor([0.3, 0.9, 1.2], dtype=torch.float64)
-    g0, _ = angle_gradient(ANGLE_LOSSES["GCIoU f+g=tan"], angles, base_heading=0.0)
-    g1, _ = angle_gradient(ANGLE_LOSSES["GCIoU f+g=tan"], angles, base_heading=2.1)
-    gneg, _ = angle_gradient(ANGLE_LOSSES["GCIoU f+g=tan"], -angles, base_heading=2.1)
+    g0, _ = angle_gradient(ANGLE_LOSSES["gciou_fg"], angles, base_heading=0.0)
+    g1, _ = angle_gradient(ANGLE_LOSSES["gciou_fg"], angles, base_heading=2.1)
+    gneg, _ = angle_gradient(ANGLE_LOSSES["gciou_fg"], -angles, base_heading=2.1)
     torch.testing.assert_close(g0, g1)
     torch.testing.assert_close(gneg, -g0)
 
@@ -77,7 +78,7 @@ def test_angle_gradient_does_not_depend_on_target_heading_and_flips_with_directi
 def test_angle_gradient_matches_finite_differences():
     angles = torch.tensor([0.2, 0.6, 1.0, 1.3], dtype=torch.float64)
     h = 1e-6
-    for name in ("-ln IoU", "GCIoU f+g=tan", "GCIoU f+g=e^D-1"):
+    for name in ("log_iou", "gciou_fg", "gciou_fg_exp"):
         grad, _ = angle_gradient(ANGLE_LOSSES[name], angles)
         _, plus = angle_gradient(ANGLE_LOSSES[name], angles + h)
         _, minus = angle_gradient(ANGLE_LOSSES[name], angles - h)
@@ -95,7 +96,7 @@ def test_size_gradient_of_log_iou_scales_as_inverse_scale():
 def test_rescaled_size_gradient_scales_with_scale_instead():
     scales = torch.tensor([0.25, 0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
     table = size_gradient_table(scales)
-    plain, rescaled = table["-ln IoU"], table["-ln IoU + rescaling (Eq. 18)"]
+    plain, rescaled = table["-ln IoU, dL/ds"], table["-ln IoU + Eq. 18, dL/ds"]
     # U^(2/3) grows as s^2, so the rescaled gradient grows as s: it no longer scales as 1/s
     torch.testing.assert_close(rescaled / scales, (rescaled / scales)[2].expand(5), atol=1e-9, rtol=1e-9)
     assert (rescaled[1:] > rescaled[:-1]).all()
@@ -112,20 +113,20 @@ def test_gciou_angle_gradient_increases_beyond_a_small_angle_dip():
     over all of [0.05, 1.4]: the -ln IoU part falls from 1.42 (Delta -> 0) to 1.0, so f+g (tan) dips by ~2 %
     between 0.05 and 0.135 rad before rising (and stays far from zero at Delta = 0, a cusp)."""
     angles = torch.linspace(0.05, 1.4, 1351, dtype=torch.float64)
-    for name, dip_end in (("GCIoU f+g=tan", 0.14), ("GCIoU f+g=e^D-1", 0.07)):
+    for name, dip_end in (("gciou_fg", 0.14), ("gciou_fg_exp", 0.07)):
         grad, _ = angle_gradient(ANGLE_LOSSES[name], angles)
         rising = angles >= dip_end
         assert (grad[rising][1:] > grad[rising][:-1]).all(), name
         assert grad[~rising].min() > 0.97 * grad[0], name  # the dip is shallow
         assert grad[-1] > 10 * grad[0], name
-    grad, _ = angle_gradient(ANGLE_LOSSES["GCIoU f+g=tan"], angles)
+    grad, _ = angle_gradient(ANGLE_LOSSES["gciou_fg"], angles)
     assert grad[angles < 0.14].min() < grad[0]  # the dip is real: not monotone on [0.05, 1.4]
 
 
 def test_plain_iou_losses_have_small_gradient_at_large_errors():
     """Prob. 2 of the paper: the -ln IoU angle gradient at 1.4-1.5 rad is several times below its small-angle value."""
     angles = torch.tensor([0.05, 1.4, 1.5], dtype=torch.float64)
-    grad, _ = angle_gradient(ANGLE_LOSSES["-ln IoU"], angles)
+    grad, _ = angle_gradient(ANGLE_LOSSES["log_iou"], angles)
     assert grad[1] < grad[0] / 4 and grad[2] < grad[1]
 
 
@@ -133,6 +134,34 @@ def test_write_gradient_figures(tmp_path):
     paths = write_gradient_figures(tmp_path, n_angles=31, scales=(0.5, 1.0, 2.0))
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
     header = (tmp_path / "angle_gradients.csv").read_text().splitlines()[0].split(",")
-    assert header[0] == "delta_rad" and "GCIoU f+g=tan" in header
+    assert header[0] == "delta_rad" and "gciou_fg" in header
     rows = (tmp_path / "size_gradients.csv").read_text().splitlines()
     assert len(rows) == 4
+
+
+@pytest.mark.parametrize("kind", ["iou", "log_iou"])
+def test_eq10_height_row_has_both_signs_flipped(kind):
+    """Paper Eq. 10, centre-aligned parallelogram regime: the dx and dy rows match autograd, the dz (l_p) row is
+    off by a sign in both of its cases (l = l_p and l = l_t)."""
+    target = torch.tensor([[0.0, 0.0, 0.0, 3.9, 1.6, 1.56, 0.0]] * 2, dtype=torch.float64)
+    pred = torch.tensor(
+        [[0.0, 0.0, 0.0, 4.2, 1.5, 1.40, 1.2], [0.0, 0.0, 0.0, 4.2, 1.5, 1.70, 1.2]], dtype=torch.float64
+    )  # l_p < l_t, then l_p > l_t
+    inter = 1.6 * 1.5 * torch.minimum(pred[:, 5], target[:, 5]) / math.sin(1.2)  # parallelogram: Eq. 4 holds
+    iou = rotated_iou_3d(pred, target)
+    union = 3.9 * 1.6 * 1.56 + pred[:, 3] * pred[:, 4] * pred[:, 5] - inter
+    torch.testing.assert_close(iou, inter / union, rtol=1e-12, atol=0)
+    autograd, paper = eq10_size_gradients(pred, target, kind)
+    scale = iou / (iou + EPS) if kind == "log_iou" else torch.ones_like(iou)  # log(IoU + eps) in the loss
+    torch.testing.assert_close(autograd[:, :2], paper[:, :2] * scale.unsqueeze(-1), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(autograd[:, 2], -paper[:, 2] * scale, rtol=1e-9, atol=1e-12)
+    assert autograd[0, 2] < 0 < autograd[1, 2]  # shrinking an over-tall box / growing a short one lowers the loss
+
+
+def test_log_size_gradient_is_scale_neutral_in_the_table():
+    scales = torch.tensor([0.25, 1.0, 4.0], dtype=torch.float64)
+    table = size_gradient_table(scales)
+    plain_t = table["-ln IoU, dL/dt (t = log s/a)"]
+    torch.testing.assert_close(plain_t, plain_t[1].expand(3), rtol=1e-9, atol=0)
+    rescaled_t = table["-ln IoU + Eq. 18, dL/dt (t = log s/a)"]
+    torch.testing.assert_close(rescaled_t / scales**2, (rescaled_t / scales**2)[1].expand(3), rtol=1e-9, atol=0)

@@ -186,3 +186,43 @@ def test_script_with_labels(runs, tmp_path):
         text=True,
     )
     assert bad.returncode == 2 and "smoothing" in bad.stderr
+
+
+def test_one_panel_per_distinct_quantity(tmp_path):
+    from pcdet_gciou.analysis.curves import distinct_quantities
+
+    run = tmp_path / "output" / "pointpillar" / "default"
+    run.mkdir(parents=True)
+    with open(run / "metrics.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "epoch", "tag", "value"])
+        for step in range(1, 6):
+            total = 3.0 / step
+            for tag in ("train/loss", "train/loss_rpn", "train/rpn_loss"):  # one quantity, three names
+                writer.writerow([step, 1, tag, total])
+            writer.writerow([step, 1, "train/rpn_loss_loc", 1.0 / step])
+    loaded = load_run(run)
+    groups = distinct_quantities([loaded], sorted(loaded.scalars))
+    assert ["train/loss", "train/loss_rpn", "train/rpn_loss"] in groups
+    assert ["train/rpn_loss_loc"] in groups
+    # a tag equal in one run but not in another is a different quantity
+    other = load_run(run)
+    other.scalars["train/rpn_loss"] = type(other.scalars["train/loss"])(
+        other.scalars["train/loss"].steps, other.scalars["train/loss"].values + 1, other.scalars["train/loss"].epochs
+    )
+    groups = distinct_quantities([loaded, other], sorted(loaded.scalars))
+    assert ["train/rpn_loss"] in groups and ["train/loss", "train/loss_rpn"] in groups
+
+
+def test_ap_that_never_rose_above_zero_names_no_best_epoch(tmp_path):
+    stats = ap_convergence(np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.0, 0.0]))
+    assert stats["best_epoch"] == "" and stats["epoch_95pct_of_best"] == ""
+    assert "never rose above 0" in stats["note"]
+    assert ap_convergence(np.array([1.0, 2.0]), np.array([0.0, 0.5]))["best_epoch"] == 2
+    run = tmp_path / "output" / "second" / "default"
+    _write_metrics(run, 5, 1.0)
+    _write_eval(run, {1: 0.0, 2: 0.0})
+    _, rows, text = compare_runs([run], tmp_path / "cmp")
+    r11 = next(r for r in rows if r["recall"] == "R11")
+    assert r11["best_epoch"] == "" and "never rose above 0" in r11["note"]
+    assert "never rose above 0" in text

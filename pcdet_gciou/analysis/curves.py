@@ -30,6 +30,7 @@ from ..training.rundir import (
     parse_eval_row,
     parse_metric_row,
 )
+from .figures import PALETTE, chunks, save_figure
 
 APKey = Tuple[str, str, str, str]  # (class, metric, difficulty, recall)
 SUMMARY_FIELDS = (
@@ -94,7 +95,8 @@ def _series(rows: List[Tuple[int, float, float]]) -> Series:
 
 
 def read_metrics_csv(path: Path) -> Tuple[Dict[str, Series], int]:
-    """``({tag: Series}, skipped_row_count)`` from a ``metrics.csv``; malformed rows (a run still writing) are skipped."""
+    """``({tag: Series}, skipped_row_count)`` from a ``metrics.csv``; malformed rows (a run still writing) are
+    skipped."""
     rows: Dict[str, List[Tuple[int, float, float]]] = {}
     skipped = 0
     with open(path, newline="") as fh:
@@ -190,8 +192,24 @@ def ema(values: np.ndarray, weight: float) -> np.ndarray:
 
 
 def ap_convergence(epochs: np.ndarray, ap: np.ndarray) -> Dict[str, float]:
-    """Best AP and its epoch, final AP, first epoch reaching 95 % of the best, trapezoid area under AP(epoch)."""
+    """Best AP and its epoch, final AP, first epoch reaching 95 % of the best, trapezoid area under AP(epoch).
+
+    When the AP never rose above 0 there is no best epoch: ``best_epoch`` and ``epoch_95pct_of_best`` are ``""``
+    and ``note`` says so.
+    """
     best = int(np.argmax(ap))
+    if not ap[best] > 0:
+        return {
+            "epochs_evaluated": len(ap),
+            "best_ap": float(ap[best]),
+            "best_epoch": "",
+            "final_ap": float(ap[-1]),
+            "final_epoch": int(epochs[-1]),
+            "epoch_95pct_of_best": "",
+            "auc_ap_epoch": 0.0,
+            "mean_ap_over_span": 0.0,
+            "note": f"AP never rose above 0 in {len(ap)} evaluation(s)",
+        }
     reach = int(np.nonzero(ap >= 0.95 * ap[best])[0][0])
     auc = float(np.sum((ap[1:] + ap[:-1]) / 2 * np.diff(epochs))) if len(ap) > 1 else 0.0
     span = float(epochs[-1] - epochs[0])
@@ -204,6 +222,7 @@ def ap_convergence(epochs: np.ndarray, ap: np.ndarray) -> Dict[str, float]:
         "epoch_95pct_of_best": int(epochs[reach]),
         "auc_ap_epoch": auc,
         "mean_ap_over_span": auc / span if span > 0 else float(ap[0]),
+        "note": "",
     }
 
 
@@ -226,7 +245,6 @@ def summary_rows(runs: Sequence[RunCurves], *, metric: str = "3d", difficulty: s
                     "difficulty": key[2],
                     "recall": key[3],
                     **ap_convergence(epochs, ap),
-                    "note": "",
                 }
             )
     return rows
@@ -295,9 +313,122 @@ def write_summary(
     return text
 
 
+def _identical(a: Series, b: Series) -> bool:
+    return a.steps.shape == b.steps.shape and bool(
+        np.array_equal(a.steps, b.steps) and np.allclose(a.values, b.values, rtol=1e-6, atol=1e-9, equal_nan=True)
+    )
+
+
+def distinct_quantities(runs: Sequence[RunCurves], tags: Sequence[str]) -> List[List[str]]:
+    """``tags`` grouped so that each group is one quantity: tags whose series are identical in every run.
+
+    OpenPCDet logs a one-stage detector's total loss under several names (``loss``, ``loss_rpn``, ``rpn_loss``);
+    those become one group and get one panel, titled with all their names.
+    """
+    groups: List[List[str]] = []
+    for tag in sorted(tags):
+        for group in groups:
+            first = group[0]
+            same = all(
+                (tag in r.scalars) == (first in r.scalars)
+                and (tag not in r.scalars or _identical(r.scalars[tag], r.scalars[first]))
+                for r in runs
+            )
+            if same:
+                group.append(tag)
+                break
+        else:
+            groups.append([tag])
+    return groups
+
+
 def _loss_tags(runs: Sequence[RunCurves]) -> List[str]:
     tags = {t for r in runs for t in r.scalars if "loss" in t.split("/")[-1]}
     return sorted(tags)
+
+
+RUN_LINE_STYLES = ("-", "--", "-.", ":")
+
+
+def run_styles(n_runs: int) -> List[Tuple[str, str]]:
+    """``(colour, linestyle)`` per run: both change from one run to the next, so runs differ in both."""
+    return [(PALETTE[j % len(PALETTE)], RUN_LINE_STYLES[j % len(RUN_LINE_STYLES)]) for j in range(n_runs)]
+
+
+def _scalar_panels(runs, quantities, smoothing, ylabel_of):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = run_styles(len(runs))
+    run_sets = chunks(list(range(len(runs))))
+    panels = [(group, run_set) for group in quantities for run_set in run_sets]
+    cols = min(3, len(panels))
+    rows_n = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 3.8 * rows_n), squeeze=False)
+    for i, (group, run_set) in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        for j in run_set:
+            series = runs[j].scalars.get(group[0])
+            if series is None or not len(series.steps):
+                continue
+            colour, style = styles[j]
+            ax.plot(series.steps, series.values, color=colour, alpha=0.2, linewidth=0.8, label="_raw")
+            ax.plot(
+                series.steps,
+                ema(series.values, smoothing),
+                color=colour,
+                linestyle=style,
+                linewidth=1.5,
+                label=runs[j].label,
+                marker="o" if len(series.steps) < 20 else None,
+                markersize=3,
+            )  # short runs stay visible
+        suffix = f" (runs {run_set[0] + 1}-{run_set[-1] + 1})" if len(run_sets) > 1 else ""
+        ax.set_title(" = ".join(group) + suffix, fontsize=9)
+        ax.set_xlabel("iteration", fontsize=9)
+        ax.set_ylabel(ylabel_of(group[0]), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for i in range(len(panels), rows_n * cols):
+        axes[i // cols][i % cols].axis("off")
+    fig.suptitle(f"EMA smoothing {smoothing:g} (faint: raw values)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _ap_figure(runs, classes, recalls, metric, difficulty):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    styles = run_styles(len(runs))
+    run_sets = chunks(list(range(len(runs))))
+    panels = [(cls, recall, run_set) for cls in classes for recall in recalls for run_set in run_sets]
+    cols = len(recalls) * len(run_sets)
+    fig, axes = plt.subplots(len(classes), cols, figsize=(5.2 * cols, 3.8 * len(classes)), squeeze=False)
+    for i, (cls, recall, run_set) in enumerate(panels):
+        ax = axes[i // cols][i % cols]
+        for j in run_set:
+            entry = runs[j].ap.get((cls, metric, difficulty, recall))
+            if entry is None:
+                continue
+            never = not np.max(entry[1]) > 0
+            colour, style = styles[j]
+            label = runs[j].label + (" (AP 0 at every evaluation)" if never else "")
+            ax.plot(entry[0], entry[1], marker="o", markersize=3, color=colour, linestyle=style, label=label)
+        suffix = f" (runs {run_set[0] + 1}-{run_set[-1] + 1})" if len(run_sets) > 1 else ""
+        ax.set_title(f"{cls} {metric} AP, {difficulty}, {recall}{suffix}", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.set_ylabel("AP (%)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def plot_runs(
@@ -308,86 +439,25 @@ def plot_runs(
     metric: str = "3d",
     difficulty: str = "moderate",
 ) -> List[str]:
-    """Write ``losses.png``, ``iou_pos.png`` and ``ap.png`` (each only if some run has the data); returns names."""
-    import matplotlib
+    """Write ``losses.png``, ``iou_pos.png`` and ``ap.png`` (each only if some run has the data); returns names.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
+    One panel per distinct quantity (tags with identical curves share a panel), at most 8 runs per panel.
+    """
     written = []
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-
-    def draw_scalar_panels(tags, name, ylabel_of):
-        cols = min(3, len(tags))
-        rows_n = math.ceil(len(tags) / cols)
-        fig, axes = plt.subplots(rows_n, cols, figsize=(4.6 * cols, 3.2 * rows_n), squeeze=False)
-        for i, tag in enumerate(tags):
-            ax = axes[i // cols][i % cols]
-            for j, run in enumerate(runs):
-                series = run.scalars.get(tag)
-                if series is None or not len(series.steps):
-                    continue
-                colour = colours[j % len(colours)]
-                ax.plot(series.steps, series.values, color=colour, alpha=0.2, linewidth=0.8)
-                ax.plot(
-                    series.steps,
-                    ema(series.values, smoothing),
-                    color=colour,
-                    linewidth=1.4,
-                    label=run.label,
-                    marker="o" if len(series.steps) < 20 else None,
-                    markersize=3,
-                )  # short runs stay visible
-            ax.set_title(tag, fontsize=9)
-            ax.set_xlabel("iteration", fontsize=8)
-            ax.set_ylabel(ylabel_of(tag), fontsize=8)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        for i in range(len(tags), rows_n * cols):
-            axes[i // cols][i % cols].axis("off")
-        fig.suptitle(f"EMA smoothing {smoothing:g} (faint: raw)", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=80)
-        plt.close(fig)
-        written.append(name)
-
     loss_tags = _loss_tags(runs)
     if loss_tags:
-        draw_scalar_panels(loss_tags, "losses.png", lambda tag: "loss")
+        fig = _scalar_panels(runs, distinct_quantities(runs, loss_tags), smoothing, lambda t: "loss value")
+        save_figure(fig, out_dir / "losses.png")
+        written.append("losses.png")
     iou_tags = sorted({t for r in runs for t in r.scalars if t.endswith("rpn_iou_pos")})
     if iou_tags:
-        draw_scalar_panels(iou_tags, "iou_pos.png", lambda tag: "mean IoU of positive anchors")
-
+        fig = _scalar_panels(runs, distinct_quantities(runs, iou_tags), smoothing, lambda t: "mean 3D IoU of positives")
+        save_figure(fig, out_dir / "iou_pos.png")
+        written.append("iou_pos.png")
     classes = sorted({k[0] for r in runs for k in r.ap if k[1] == metric and k[2] == difficulty})
     recalls = sorted({k[3] for r in runs for k in r.ap if k[1] == metric and k[2] == difficulty})
     if classes:
-        fig, axes = plt.subplots(
-            len(classes), len(recalls), figsize=(4.6 * len(recalls), 3.2 * len(classes)), squeeze=False
-        )
-        for ci, cls in enumerate(classes):
-            for ri, recall in enumerate(recalls):
-                ax = axes[ci][ri]
-                for j, run in enumerate(runs):
-                    entry = run.ap.get((cls, metric, difficulty, recall))
-                    if entry is not None:
-                        ax.plot(
-                            entry[0],
-                            entry[1],
-                            marker="o",
-                            markersize=3,
-                            color=colours[j % len(colours)],
-                            label=run.label,
-                        )
-                ax.set_title(f"{cls} {metric} AP, {difficulty}, {recall}", fontsize=9)
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-                ax.set_xlabel("epoch", fontsize=8)
-                ax.set_ylabel("AP (%)", fontsize=8)
-                ax.grid(alpha=0.3)
-                ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out_dir / "ap.png", dpi=80)
-        plt.close(fig)
+        save_figure(_ap_figure(runs, classes, recalls, metric, difficulty), out_dir / "ap.png")
         written.append("ap.png")
     return written
 
