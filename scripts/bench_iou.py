@@ -2,8 +2,8 @@
 
 Rows: ``rotated_iou_3d`` forward (no graph) and forward+backward (gradient w.r.t. the predictions, as in
 training), ``gciou_loss`` forward+backward, ``rotated_iou_3d_matrix`` (N x N, no gradient), and the float64 shapely
-reference loop for scale. CPU always (``--threads``), CUDA when present. Inputs come from ``tests/box_samples.py``,
-the generator the tests use.
+reference loop for scale. CPU always (``--threads``), CUDA when present. Inputs come from
+``pcdet_gciou.geometry.samples``, the generator the tests use.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated before the row. On CPU the peak
 resident set size (VmHWM, reset per row through ``/proc/self/clear_refs``) above the resident size before the row;
@@ -34,12 +34,10 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "tests"))  # box_samples (torch only) and the optional shapely reference
 sys.path.insert(0, str(REPO_ROOT))
 
-import box_samples  # noqa: E402
-
-from pcdet_gciou.geometry import rotated_iou_3d, rotated_iou_3d_matrix  # noqa: E402
+from pcdet_gciou.geometry import box_corners_bev, rotated_iou_3d, rotated_iou_3d_matrix  # noqa: E402
+from pcdet_gciou.geometry import samples as box_samples  # noqa: E402
 from pcdet_gciou.losses import gciou_loss  # noqa: E402
 
 FULL_SIZES = [1_000, 10_000, 100_000, 1_000_000]
@@ -173,19 +171,23 @@ def iou_functions(use_compile: bool):
     return functions
 
 
+def forward_step(fn, boxes1: torch.Tensor, boxes2: torch.Tensor) -> None:
+    with torch.no_grad():
+        fn(boxes1, boxes2)
+
+
+def forward_backward_step(fn, pred: torch.Tensor, boxes2: torch.Tensor) -> None:
+    pred.grad = None
+    fn(pred, boxes2).sum().backward()
+
+
 def bench_paired(device: torch.device, sizes, repeats: int, dtype: torch.dtype, use_compile: bool) -> list[Row]:
     rows = []
     for n in sizes:
         boxes1, boxes2 = box_samples.random_box_pairs(n, seed=0, dtype=dtype, device=device)
         pred = boxes1.clone().requires_grad_(True)
-
-        def forward(fn):
-            with torch.no_grad():
-                fn(boxes1, boxes2)
-
-        def forward_backward(fn):
-            pred.grad = None
-            fn(pred, boxes2).sum().backward()
+        forward = functools.partial(forward_step, boxes1=boxes1, boxes2=boxes2)
+        forward_backward = functools.partial(forward_backward_step, pred=pred, boxes2=boxes2)
 
         cases = []
         for label, fn in iou_functions(use_compile):
@@ -225,7 +227,7 @@ def bench_matrix(device: torch.device, sizes, repeats: int, dtype: torch.dtype) 
             others = box_samples.random_boxes(n, seed=2, dtype=dtype, device=device, extent=40.0)
             try:
                 with PeakMemory(device) as memory:
-                    times = time_repeats(lambda: rotated_iou_3d_matrix(boxes, others), repeats, device)
+                    times = time_repeats(functools.partial(rotated_iou_3d_matrix, boxes, others), repeats, device)
                 break
             except Exception as exc:
                 if not is_out_of_memory(exc) or n <= 256:
@@ -237,14 +239,31 @@ def bench_matrix(device: torch.device, sizes, repeats: int, dtype: torch.dtype) 
     return rows
 
 
+def shapely_iou_3d(boxes1: torch.Tensor, boxes2: torch.Tensor) -> list[float]:
+    """Float64 reference loop: BEV polygon intersection by shapely times the z-overlap, one pair at a time."""
+    from shapely.geometry import Polygon
+
+    corners1, corners2 = box_corners_bev(boxes1).tolist(), box_corners_bev(boxes2).tolist()
+    ious = []
+    for box1, box2, poly1, poly2 in zip(boxes1.tolist(), boxes2.tolist(), corners1, corners2):
+        z_overlap = min(box1[2] + box1[5] / 2, box2[2] + box2[5] / 2) - max(
+            box1[2] - box1[5] / 2, box2[2] - box2[5] / 2
+        )
+        intersection = Polygon(poly1).intersection(Polygon(poly2)).area * max(z_overlap, 0.0)
+        union = box1[3] * box1[4] * box1[5] + box2[3] * box2[4] * box2[5] - intersection
+        ious.append(intersection / union if union > 0 else 0.0)
+    return ious
+
+
 def bench_reference(n: int, repeats: int) -> list[Row]:
     try:
-        import shapely_reference
+        import shapely  # noqa: F401
     except ImportError as exc:
         print(f"[bench_iou] shapely reference skipped: {exc} (pip install -e '.[test]')", file=sys.stderr)
         return []
     boxes1, boxes2 = box_samples.random_box_pairs(n, seed=0, dtype=torch.float64)
-    times = time_repeats(lambda: shapely_reference.iou_3d(boxes1, boxes2), repeats, torch.device("cpu"))
+    boxes1[:, 3:6], boxes2[:, 3:6] = boxes1[:, 3:6].abs(), boxes2[:, 3:6].abs()
+    times = time_repeats(lambda: shapely_iou_3d(boxes1, boxes2), repeats, torch.device("cpu"))
     return [Row("cpu", "shapely reference loop (float64)", f"{n}", n, times, "-", "for scale")]
 
 

@@ -1,7 +1,7 @@
 """Rotated BEV/3D IoU against an independent shapely reference, plus invariances, gradients and input checks.
 
 Written against the public contract of ``pcdet_gciou.geometry`` only (see ``tests/shapely_reference.py`` for the
-reference and ``tests/box_samples.py`` for the inputs, which the benchmark reuses).
+reference and ``pcdet_gciou.geometry.samples`` for the inputs, which the benchmark reuses).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 
 pytest.importorskip("shapely", reason="the float64 reference needs shapely (pip install -e '.[test]')")
 
-import box_samples as samples  # noqa: E402
 import shapely_reference as ref  # noqa: E402
 
 from pcdet_gciou import geometry  # noqa: E402
+from pcdet_gciou.geometry import samples  # noqa: E402
 
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", marks=pytest.mark.gpu, id="cuda")]
 DTYPES = [pytest.param(torch.float64, id="float64"), pytest.param(torch.float32, id="float32")]
@@ -447,7 +447,7 @@ def test_gciou_loss_is_finite_on_hard_cases(device, dtype, grad_rescale):
 
 
 def assert_same_point_sets(got: torch.Tensor, expected: list, atol: float, what: str) -> None:
-    """Every expected point has a got point within ``atol`` and vice versa (corner order is not part of the contract)."""
+    """Every expected point has a got point within ``atol`` and vice versa (corner order is not in the contract)."""
     expected_tensor = torch.tensor(expected, dtype=torch.float64)
     distances = torch.cdist(got.detach().cpu().double(), expected_tensor)
     assert distances.min(dim=0).values.max() <= atol, f"{what}: got {got.tolist()}, expected {expected}"

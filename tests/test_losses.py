@@ -213,7 +213,7 @@ def test_build_loss_and_options_validation():
         build_loss("iou", g="tan")
     with pytest.raises(ValueError, match="g must be one of"):
         GCIoULoss(g="sin")
-    with pytest.raises(ValueError, match="alpha must be a positive number or None"):
+    with pytest.raises(ValueError, match="alpha must be >= 1 with p_form=.power.*got -1"):
         build_loss("gciou", alpha=-1)
     with pytest.raises(ValueError, match=r"max_angle must be in \(0, pi/2\)"):
         build_loss("gciou", max_angle=math.pi / 2)
@@ -235,7 +235,7 @@ def test_input_validation_names_what_was_got(loss):
         loss(good, good, reduction="avg")
     with pytest.raises(ValueError, match=r"weights must have shape \(3,\)"):
         loss(good, good, torch.ones(3, 1))
-    with pytest.raises(ValueError, match="eps must be a positive number"):
+    with pytest.raises(ValueError, match="eps must be a positive finite number"):
         loss(good, good, eps=0)
 
 

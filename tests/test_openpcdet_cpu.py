@@ -20,11 +20,11 @@ import pytest
 import torch
 from shapely.geometry import Polygon
 
+from pcdet_gciou.geometry import samples as box_samples
 from pcdet_gciou.openpcdet.cpu import box_ops, placeholders, pointnet2_stack
 from pcdet_gciou.openpcdet.cpu.kitti_rotate_iou import rotate_iou_gpu_eval
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import box_samples  # noqa: E402
 from shapely_reference import iou_3d_pair, iou_bev_pair, iou_matrix  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------ helpers

@@ -29,26 +29,45 @@ Negative extents are treated as zero everywhere in :mod:`pcdet_gciou.geometry`.
 
 from __future__ import annotations
 
-import math
+from typing import Optional, Tuple
 
 import torch
+
+from .chunking import POINTS_PER_CHUNK
 
 BOX_DIM = 7
 
 
-def check_boxes(name: str, boxes: object) -> None:
+def check_boxes(name: str, boxes: object, *, ndim: Optional[int] = None) -> None:
     """Cheap structural check of a box tensor: a floating-point tensor of shape ``(..., 7)``.
+
+    The package's one box check (no value check, so no device sync; see :func:`check_boxes_finite` for that).
+
+    Args:
+        name: the argument's name, for the message.
+        boxes: the object to check.
+        ndim: if given, the number of dimensions required, e.g. 2 for ``(N, 7)``.
 
     Raises:
         TypeError: not a tensor, or not floating point.
-        ValueError: last dimension is not 7.
+        ValueError: last dimension is not 7, or not ``ndim`` dimensions.
+
+    Example:
+        >>> check_boxes("boxes", torch.zeros(3, 7), ndim=2)
+        >>> check_boxes("boxes", torch.zeros(3, 6))
+        Traceback (most recent call last):
+        ...
+        ValueError: boxes must have shape (..., 7) = [x, y, z, dx, dy, dz, heading], got (3, 6)
     """
+    expected = "(..., 7)" if ndim is None else "(N, 7)" if ndim == 2 else f"(..., 7) with {ndim} dimensions"
     if not isinstance(boxes, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (..., 7), got {type(boxes).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor of shape {expected}, got {type(boxes).__name__}")
     if not boxes.is_floating_point():
         raise TypeError(f"{name} must have a floating-point dtype, got {boxes.dtype}")
-    if boxes.dim() == 0 or boxes.shape[-1] != BOX_DIM:
-        raise ValueError(f"{name} must have shape (..., 7) = [x, y, z, dx, dy, dz, heading], got {tuple(boxes.shape)}")
+    if boxes.dim() == 0 or boxes.shape[-1] != BOX_DIM or (ndim is not None and boxes.dim() != ndim):
+        raise ValueError(
+            f"{name} must have shape {expected} = [x, y, z, dx, dy, dz, heading], got {tuple(boxes.shape)}"
+        )
 
 
 def check_box_pair(boxes1: object, boxes2: object, *, broadcast: bool = True) -> torch.Size:
@@ -57,6 +76,10 @@ def check_box_pair(boxes1: object, boxes2: object, *, broadcast: bool = True) ->
     Raises:
         TypeError / ValueError: as :func:`check_boxes`, plus mixed devices or shapes that do not broadcast
         (or, with ``broadcast=False``, that are not equal).
+
+    Example:
+        >>> check_box_pair(torch.zeros(4, 1, 7), torch.zeros(5, 7))
+        torch.Size([4, 5])
     """
     check_boxes("boxes1", boxes1)
     check_boxes("boxes2", boxes2)
@@ -85,6 +108,13 @@ def check_boxes_finite(name: str, boxes: torch.Tensor) -> None:
 
     Raises:
         ValueError: naming the first offending box.
+
+    Example:
+        >>> check_boxes_finite("pred", torch.tensor([[0.0, 0, 0, 1, 1, float("nan"), 0]]))
+        Traceback (most recent call last):
+        ...
+        ValueError: pred[0] = [0.0, 0.0, 0.0, 1.0, 1.0, nan, 0.0] is not a valid box: expected finite values and \
+non-negative extents dx, dy, dz
     """
     bad = ~torch.isfinite(boxes).all(dim=-1) | (boxes[..., 3:6] < 0).any(dim=-1)
     if bool(bad.any()):
@@ -95,11 +125,54 @@ def check_boxes_finite(name: str, boxes: torch.Tensor) -> None:
         )
 
 
-def _float_for_geometry(boxes: torch.Tensor) -> torch.Tensor:
-    """Half precision is too coarse for polygon clipping: compute in float32 (float64 stays float64)."""
+def geometry_float(boxes: torch.Tensor) -> torch.Tensor:
+    """``boxes`` in a dtype fit for polygon clipping: half precision becomes float32, float32/64 stay.
+
+    Example:
+        >>> geometry_float(torch.zeros(2, 7, dtype=torch.float16)).dtype
+        torch.float32
+    """
     if boxes.dtype in (torch.float16, torch.bfloat16):
         return boxes.float()
     return boxes
+
+
+def promote_box_pair(boxes1: torch.Tensor, boxes2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Both box tensors in their common geometry dtype: :func:`geometry_float`, then ``torch.promote_types``.
+
+    Every function of the package computes a pair in this dtype, losses included (no casting to ``pred``'s dtype).
+
+    Example:
+        >>> a, b = promote_box_pair(torch.zeros(7, dtype=torch.float16), torch.zeros(7, dtype=torch.float64))
+        >>> a.dtype, b.dtype
+        (torch.float64, torch.float64)
+    """
+    boxes1, boxes2 = geometry_float(boxes1), geometry_float(boxes2)
+    if boxes1.dtype != boxes2.dtype:
+        dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
+        boxes1, boxes2 = boxes1.to(dtype), boxes2.to(dtype)
+    return boxes1, boxes2
+
+
+def detach_identical_pairs(boxes1: torch.Tensor, boxes2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Detach the pairs whose seven parameters are all equal: the zero subgradient at a perfect match.
+
+    IoU and every loss built on it have a kink at ``boxes1 == boxes2`` (the overlap's min/max ties, the folded
+    heading error's ``|.|``), where autograd returns one arbitrary one-sided slope that depends on the argument
+    order. The match is the optimum, so 0 is a valid subgradient there: this returns the same values with those
+    pairs cut from the graph. A no-op without autograd.
+
+    Example:
+        >>> pred = torch.tensor([[0.0, 0, 0, 4, 2, 1.5, 0.3]], requires_grad=True)
+        >>> a, b = detach_identical_pairs(pred, pred.detach().clone())
+        >>> a.sum().backward()
+        >>> pred.grad
+        tensor([[0., 0., 0., 0., 0., 0., 0.]])
+    """
+    if not torch.is_grad_enabled() or not (boxes1.requires_grad or boxes2.requires_grad):
+        return boxes1, boxes2
+    identical = (boxes1.detach() == boxes2.detach()).all(dim=-1, keepdim=True)
+    return torch.where(identical, boxes1.detach(), boxes1), torch.where(identical, boxes2.detach(), boxes2)
 
 
 def box_corners_bev(boxes: torch.Tensor) -> torch.Tensor:
@@ -143,8 +216,10 @@ def box_corners_3d(boxes: torch.Tensor) -> torch.Tensor:
 def heading_error(heading1: torch.Tensor, heading2: torch.Tensor) -> torch.Tensor:
     """Heading error folded modulo pi into ``[0, pi/2]`` (box IoU is blind to the direction).
 
-    ``delta = min(d, pi - d)`` with ``d = (heading1 - heading2) mod pi``. This is the GCIoU paper's
-    angle error theta (Sec. 3) and what the official code computes before its clamp.
+    ``delta = atan2(|sin d|, |cos d|)`` with ``d = heading1 - heading2``, i.e. ``min(d mod pi, pi - d mod pi)``:
+    the GCIoU paper's angle error theta (Sec. 3). ``sin d`` and ``cos d`` come from each heading's own cosine and
+    sine, so headings far outside ``[-pi, pi]`` are reduced before they are differenced (float32 keeps 1e-4 at
+    1e5 rad) and the result is symmetric in its arguments. At ``delta = 0`` the gradient is 0 (``|.|`` at 0).
 
     Args:
         heading1, heading2: broadcastable tensors of headings in radians.
@@ -156,8 +231,20 @@ def heading_error(heading1: torch.Tensor, heading2: torch.Tensor) -> torch.Tenso
         >>> heading_error(torch.tensor([0.1, 3.0]), torch.tensor([0.0, 0.0]))
         tensor([0.1000, 0.1416])
     """
-    d = torch.remainder(heading1 - heading2, math.pi)
-    return torch.minimum(d, math.pi - d)
+    cos1, sin1, cos2, sin2 = torch.cos(heading1), torch.sin(heading1), torch.cos(heading2), torch.sin(heading2)
+    sin_d = sin1 * cos2 - cos1 * sin2
+    cos_d = cos1 * cos2 + sin1 * sin2
+    return torch.atan2(sin_d.abs(), cos_d.abs())
+
+
+def heading_cos_error(heading1: torch.Tensor, heading2: torch.Tensor) -> torch.Tensor:
+    """``cos(heading1 - heading2)`` from each heading's own cosine and sine (no difference of large angles).
+
+    Example:
+        >>> heading_cos_error(torch.tensor([0.0, 1.0e5]), torch.tensor([3.141592653589793, 1.0e5]))
+        tensor([-1.,  1.])
+    """
+    return torch.cos(heading1) * torch.cos(heading2) + torch.sin(heading1) * torch.sin(heading2)
 
 
 def center_distance_sq(boxes1: torch.Tensor, boxes2: torch.Tensor, *, bev: bool = False) -> torch.Tensor:
@@ -220,7 +307,9 @@ def enclosing_box_3d(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor
     return torch.stack([bev[..., 0], bev[..., 1], enclosing_z_extent(boxes1, boxes2), bev[..., 2]], dim=-1)
 
 
-def points_in_boxes_mask(points: torch.Tensor, boxes: torch.Tensor, *, chunk_size: int = 65536) -> torch.Tensor:
+def points_in_boxes_mask(
+    points: torch.Tensor, boxes: torch.Tensor, *, chunk_size: int = POINTS_PER_CHUNK
+) -> torch.Tensor:
     """Which points lie inside which boxes (boundary included).
 
     Args:

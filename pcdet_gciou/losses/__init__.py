@@ -11,7 +11,7 @@ from typing import Dict
 
 from torch import nn
 
-from .gciou import GCIoULoss, gciou_loss, rescale_size_grad
+from .gciou import ANGLE_TERMS, P_FORMS, GCIoULoss, gciou_loss, rescale_size_grad
 from .iou_losses import (
     BASELINE_LOSSES,
     DIoULoss,
@@ -31,6 +31,10 @@ from .iou_losses import (
 
 LOSSES: Dict[str, type] = {"gciou": GCIoULoss, **BASELINE_LOSSES}
 
+#: The loss names, from the registry itself: the single source for configs, the simulation and the analysis.
+#: RIoU (Zheng et al., ECCV 2020) is absent: its definition was not found in any reachable reference.
+LOSS_NAMES = tuple(LOSSES)
+
 
 def build_loss(name: str, **kwargs) -> nn.Module:
     """Build a box loss by name: one of ``gciou, iou, log_iou, giou, diou, odiou, rdiou``.
@@ -39,13 +43,23 @@ def build_loss(name: str, **kwargs) -> nn.Module:
         name: the loss name (case-insensitive).
         **kwargs: the loss options, e.g. ``alpha``, ``g``, ``grad_rescale`` for ``gciou``; ``reduction``, ``eps``.
 
+    Every option is validated here, at build time (not on the first call).
+
     Raises:
-        ValueError: unknown name, or an option the loss does not take (the message lists the valid ones).
+        ValueError: unknown name, an option the loss does not take (the message lists the valid ones), or an
+            invalid option value.
 
     Example:
         >>> criterion = build_loss("gciou", g="exp")
         >>> criterion
-        GCIoULoss(alpha=2.0, g='exp', max_angle=1.5394, grad_rescale=False, rescale_normalize=False, reduction='none')
+        GCIoULoss(alpha=2.0, g='exp', max_angle=1.5394, p_form='power', grad_rescale=False, rescale_normalize=False, \
+reduction='none')
+        >>> build_loss("iou", reduction="avg")
+        Traceback (most recent call last):
+        ...
+        ValueError: reduction must be one of ('none', 'mean', 'sum'), got 'avg'
+        >>> LOSS_NAMES
+        ('gciou', 'iou', 'log_iou', 'giou', 'diou', 'odiou', 'rdiou')
     """
     if not isinstance(name, str) or name.lower() not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; expected one of {sorted(LOSSES)}")
@@ -58,7 +72,10 @@ def build_loss(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
+    "ANGLE_TERMS",
     "LOSSES",
+    "LOSS_NAMES",
+    "P_FORMS",
     "build_loss",
     "GCIoULoss",
     "gciou_loss",

@@ -1,25 +1,42 @@
-"""Shared input checks and reductions for the box losses."""
+"""Shared option checks, input preparation and reductions for the box losses."""
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
 
-from ..geometry.boxes import _float_for_geometry, check_box_pair
+from ..geometry import check_box_pair, detach_identical_pairs, promote_box_pair
 
 REDUCTIONS = ("none", "mean", "sum")
+
+#: Stand-in for zero-weight boxes before any geometry runs: a unit cube, whatever the masked values were.
+_UNIT_BOX = (0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0)
+
+
+def check_loss_options(reduction: object, eps: object) -> None:
+    """The options every loss takes; called when a loss module is built and on every functional call."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
 
 
 def check_loss_inputs(
     pred: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor], reduction: str, eps: float
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Validate ``(pred, target, weights, reduction, eps)``; return pred/target in a dtype fit for geometry."""
+    """Validate the inputs and prepare the pair for the geometry.
+
+    - pred and target are promoted to their common geometry dtype, as the geometry does (half -> float32);
+    - zero-weight boxes are replaced by a unit box before any geometry, so whatever their values (NaN, Inf) they
+      add exactly 0 to the loss and exactly 0 to their gradient rows (``torch.where``, not a multiplication);
+    - identical pairs are cut from the graph (:func:`pcdet_gciou.geometry.detach_identical_pairs`): every loss
+      here is at its minimum there, and 0 is the subgradient chosen.
+    """
     check_box_pair(pred, target, broadcast=False)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    check_loss_options(reduction, eps)
+    pred, target = promote_box_pair(pred, target)
     if weights is not None:
         if not isinstance(weights, torch.Tensor):
             raise TypeError(
@@ -27,11 +44,15 @@ def check_loss_inputs(
             )
         if weights.shape != pred.shape[:-1]:
             raise ValueError(
-                f"weights must have shape {tuple(pred.shape[:-1])} (pred without its last dim), got {tuple(weights.shape)}"
+                f"weights must have shape {tuple(pred.shape[:-1])} (pred without its last dim), "
+                f"got {tuple(weights.shape)}"
             )
         if weights.device != pred.device:
             raise ValueError(f"weights must be on {pred.device}, got {weights.device}")
-    return _float_for_geometry(pred), _float_for_geometry(target).to(_float_for_geometry(pred).dtype)
+        active = (weights != 0)[..., None]
+        unit = torch.tensor(_UNIT_BOX, dtype=pred.dtype, device=pred.device)
+        pred, target = torch.where(active, pred, unit), torch.where(active, target, unit)
+    return detach_identical_pairs(pred, target)
 
 
 def reduce_loss(
@@ -43,8 +64,9 @@ def reduce_loss(
     - ``"sum"``: the sum of that;
     - ``"mean"``: the weighted mean ``sum(w * L) / sum(w)`` (plain mean without weights).
 
-    Empty input or all-zero weights give a zero that is still connected to ``pred``'s graph, so DDP never
-    sees unused parameters. Zero-weight boxes contribute exactly 0, whatever their loss.
+    ``pred`` is the prepared prediction of :func:`check_loss_inputs`. Empty input or all-zero weights give a zero
+    that is still connected to ``pred``'s graph, so DDP never sees unused parameters. Zero-weight boxes contribute
+    exactly 0, whatever their loss.
     """
     if weights is not None:
         loss = torch.where(weights != 0, loss * weights.to(loss.dtype), torch.zeros_like(loss))

@@ -13,11 +13,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..geometry import check_boxes, heading_error, rotated_overlap_3d
-from ..geometry.iou import _safe_ratio
-from ._common import check_loss_inputs, reduce_loss
+from ..geometry import check_boxes, heading_error, iou_from_overlap, rotated_overlap_3d
+from ._common import check_loss_inputs, check_loss_options, reduce_loss
 
 ANGLE_TERMS = ("tan", "exp", "linear", None)
+P_FORMS = ("power", "linear")
 DEFAULT_MAX_ANGLE = 0.49 * math.pi
 
 
@@ -64,8 +64,10 @@ def rescale_size_grad(boxes: torch.Tensor, factor: torch.Tensor) -> torch.Tensor
     return _RescaleSizeGrad.apply(boxes, factor.detach())
 
 
-def _angle_weight(delta: torch.Tensor, alpha: Optional[float]) -> torch.Tensor:
-    return torch.ones_like(delta) if alpha is None else torch.exp(delta**alpha)
+def _angle_weight(delta: torch.Tensor, alpha: Optional[float], p_form: str) -> torch.Tensor:
+    if alpha is None:
+        return torch.ones_like(delta)
+    return torch.exp(delta**alpha if p_form == "power" else alpha * delta)
 
 
 def _angle_offset(delta: torch.Tensor, g: Optional[str]) -> torch.Tensor:
@@ -78,13 +80,28 @@ def _angle_offset(delta: torch.Tensor, g: Optional[str]) -> torch.Tensor:
     return torch.zeros_like(delta)
 
 
-def _check_gciou_options(alpha, g, max_angle) -> None:
+def _check_gciou_options(alpha, g, max_angle, p_form, grad_rescale, rescale_normalize, reduction, eps) -> None:
     if g not in ANGLE_TERMS:
         raise ValueError(f"g must be one of {ANGLE_TERMS}, got {g!r}")
-    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0):
-        raise ValueError(f"alpha must be a positive number or None (f = 1), got {alpha!r}")
-    if not isinstance(max_angle, (int, float)) or not 0 < max_angle < math.pi / 2:
+    if p_form not in P_FORMS:
+        raise ValueError(f"p_form must be one of {P_FORMS}, got {p_form!r}")
+    if alpha is not None:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise ValueError(f"alpha must be a finite number or None (f = 1), got {alpha!r}")
+        # d(delta^alpha)/d(delta) = alpha * delta^(alpha - 1) is infinite at delta = 0 for alpha < 1.
+        if p_form == "power" and not alpha >= 1:
+            raise ValueError(
+                f"alpha must be >= 1 with p_form='power' (delta^alpha has an infinite slope at 0 below 1), "
+                f"got {alpha!r}"
+            )
+        if p_form == "linear" and not alpha > 0:
+            raise ValueError(f"alpha must be > 0 with p_form='linear', got {alpha!r}")
+    if not isinstance(max_angle, (int, float)) or isinstance(max_angle, bool) or not 0 < max_angle < math.pi / 2:
         raise ValueError(f"max_angle must be in (0, pi/2) because tan diverges at pi/2, got {max_angle!r}")
+    for name, value in (("grad_rescale", grad_rescale), ("rescale_normalize", rescale_normalize)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    check_loss_options(reduction, eps)
 
 
 def gciou_loss(
@@ -95,6 +112,7 @@ def gciou_loss(
     alpha: Optional[float] = 2.0,
     g: Optional[str] = "tan",
     max_angle: float = DEFAULT_MAX_ANGLE,
+    p_form: str = "power",
     grad_rescale: bool = False,
     rescale_normalize: bool = False,
     reduction: str = "none",
@@ -103,10 +121,17 @@ def gciou_loss(
     r"""Gradient-corrected IoU loss of paired rotated 3D boxes (GCIoU, Ming et al., CVPR 2023).
 
     .. math::
-        L = -\ln(\mathrm{IoU} + \epsilon)\, f(\Delta) + g(\Delta), \qquad f(\Delta) = e^{\Delta^\alpha}
+        L = -\ln(\mathrm{IoU} + \epsilon)\, f(\Delta) + g(\Delta), \qquad f(\Delta) = e^{P(\Delta)},
+        \quad P(\Delta) = \Delta^\alpha \ (\text{power}) \text{ or } \alpha\Delta \ (\text{linear})
 
     with ``IoU`` the exact rotated 3D IoU and ``Delta`` the heading error folded mod pi into ``[0, pi/2]``,
     clamped to ``max_angle`` (beyond it the angle terms pass no gradient, as in the official code).
+
+    ``P`` is the paper's Table 2 choice: ``p_form="power"`` (``Delta^alpha``, the default and the paper's best with
+    ``alpha=2``) or ``"linear"`` (``alpha * Delta``). The power form needs ``alpha >= 1``: below 1 its slope at
+    ``Delta = 0`` is infinite (the paper uses alpha in {1, 2, 3, 5}), so smaller values are rejected at build.
+    At ``Delta = 0`` the heading gradient is 0 (the zero subgradient of ``|Delta|``'s kink), and at
+    ``pred == target`` every gradient is 0.
 
     ``f`` moves the peak of the angle gradient to large errors and makes it shrink as the error shrinks
     (Sec. 4.1, Eq. 15); ``g`` adds gradient at large errors. Options for ``g``: ``"tan"`` (tan Delta, Eq. 17 and
@@ -128,13 +153,19 @@ def gciou_loss(
         pred: ``(..., 7)`` predicted boxes ``[x, y, z, dx, dy, dz, heading]``.
         target: ``(..., 7)`` target boxes, same shape.
         weights: optional ``(...)`` per-box weights.
-        alpha: exponent of ``f = exp(Delta ** alpha)``; ``None`` for ``f = 1``.
+        alpha: ``P``'s parameter: exponent (``>= 1``) for ``"power"``, factor (``> 0``) for ``"linear"``;
+            ``None`` for ``f = 1``.
         g: the additive angle term, one of ``"tan"``, ``"exp"``, ``"linear"``, ``None``.
         max_angle: clamp of Delta, in ``(0, pi/2)``.
+        p_form: ``"power"`` (``P = Delta^alpha``) or ``"linear"`` (``P = alpha * Delta``).
         grad_rescale: apply Eq. 18 to ``pred``'s size gradients.
         rescale_normalize: divide the rescaling factor by its batch mean.
-        reduction: ``"none"`` | ``"mean"`` | ``"sum"``; see :func:`pcdet_gciou.losses._common.reduce_loss`.
+        reduction: ``"none"`` | ``"mean"`` | ``"sum"`` (weighted mean ``sum(w L) / sum(w)``).
         eps: added to the IoU inside the log.
+
+    Zero-weight boxes add exactly 0 to the loss and to their gradient rows, whatever their values; a box with a
+    NaN or infinite parameter and a non-zero weight gives NaN (its IoU is NaN). pred and target are promoted to
+    their common dtype, as in the geometry.
 
     Returns:
         ``(...)`` per-box loss for ``"none"``, else a scalar.
@@ -142,10 +173,10 @@ def gciou_loss(
     Example:
         >>> pred = torch.tensor([[0.0, 0.0, 0.0, 3.9, 1.6, 1.56, 0.3]])
         >>> target = torch.tensor([[0.0, 0.0, 0.0, 3.9, 1.6, 1.56, 0.0]])
-        >>> gciou_loss(pred, target, reduction="mean")  # doctest: +ELLIPSIS
-        tensor(...)
+        >>> gciou_loss(pred, target, reduction="mean")  # -ln(IoU) e^(0.3^2) + tan(0.3), IoU = 0.6971 (shapely)
+        tensor(0.7042)
     """
-    _check_gciou_options(alpha, g, max_angle)
+    _check_gciou_options(alpha, g, max_angle, p_form, grad_rescale, rescale_normalize, reduction, eps)
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
     if grad_rescale:
         with torch.no_grad():
@@ -156,18 +187,26 @@ def gciou_loss(
                 mean = (factor * active).sum() / active.sum().clamp_min(1)
                 factor = factor / torch.where(mean > 0, mean, torch.ones_like(mean))
         pred = rescale_size_grad(pred, factor)
-    iou = _safe_ratio(*rotated_overlap_3d(pred, target))
+    iou = iou_from_overlap(*rotated_overlap_3d(pred, target))
     delta = heading_error(pred[..., 6], target[..., 6]).clamp_max(max_angle)
-    loss = -torch.log(iou + eps) * _angle_weight(delta, alpha) + _angle_offset(delta, g)
+    loss = -torch.log(iou + eps) * _angle_weight(delta, alpha, p_form) + _angle_offset(delta, g)
     return reduce_loss(loss, pred, weights, reduction)
 
 
 class GCIoULoss(nn.Module):
     """Module form of :func:`gciou_loss`; stores the options and calls the function.
 
+    Every option is validated here, when the loss is built.
+
     Example:
-        >>> criterion = GCIoULoss(g="exp", grad_rescale=True)
-        >>> loss = criterion(pred, target, weights)  # doctest: +SKIP
+        >>> criterion = GCIoULoss(g="exp", grad_rescale=True, reduction="sum")
+        >>> box = torch.tensor([[0.0, 0.0, 0.0, 3.9, 1.6, 1.56, 0.0]])
+        >>> criterion(box, box.clone(), torch.ones(1))  # perfect match: -ln(1 + eps) in float32
+        tensor(-9.5367e-07)
+        >>> GCIoULoss(alpha=0.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: alpha must be >= 1 with p_form='power' (delta^alpha has an infinite slope at 0 below 1), got 0.5
     """
 
     def __init__(
@@ -175,14 +214,15 @@ class GCIoULoss(nn.Module):
         alpha: Optional[float] = 2.0,
         g: Optional[str] = "tan",
         max_angle: float = DEFAULT_MAX_ANGLE,
+        p_form: str = "power",
         grad_rescale: bool = False,
         rescale_normalize: bool = False,
         reduction: str = "none",
         eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        _check_gciou_options(alpha, g, max_angle)
-        self.alpha, self.g, self.max_angle = alpha, g, max_angle
+        _check_gciou_options(alpha, g, max_angle, p_form, grad_rescale, rescale_normalize, reduction, eps)
+        self.alpha, self.g, self.max_angle, self.p_form = alpha, g, max_angle, p_form
         self.grad_rescale, self.rescale_normalize = grad_rescale, rescale_normalize
         self.reduction, self.eps = reduction, eps
 
@@ -194,6 +234,7 @@ class GCIoULoss(nn.Module):
             alpha=self.alpha,
             g=self.g,
             max_angle=self.max_angle,
+            p_form=self.p_form,
             grad_rescale=self.grad_rescale,
             rescale_normalize=self.rescale_normalize,
             reduction=self.reduction,
@@ -202,6 +243,7 @@ class GCIoULoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"alpha={self.alpha}, g={self.g!r}, max_angle={self.max_angle:.4f}, grad_rescale={self.grad_rescale}, "
+            f"alpha={self.alpha}, g={self.g!r}, max_angle={self.max_angle:.4f}, p_form={self.p_form!r}, "
+            f"grad_rescale={self.grad_rescale}, "
             f"rescale_normalize={self.rescale_normalize}, reduction={self.reduction!r}"
         )

@@ -14,6 +14,9 @@ name            loss                                                         ref
 ``rdiou``       ``1 - clamp(RDIoU - rho_4^2 / c_4^2, -1, 1)``                RDIoU, Sheng et al., ECCV 2022
 ==============  ===========================================================  ==================================
 
+Every loss is 0-gradient at ``pred == target``, gives zero-weight boxes exactly 0 loss and gradient whatever their
+values, and NaN for a non-finite box with a non-zero weight; see :func:`pcdet_gciou.losses.gciou_loss`.
+
 IoU is the exact rotated 3D IoU. ``C`` is the volume and ``c`` the diagonal of the enclosing box of
 :func:`pcdet_gciou.geometry.enclosing_box_3d` (aligned with one of the two boxes), ``rho`` the distance of the
 centres.
@@ -21,18 +24,27 @@ centres.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
 
-from ..geometry import center_distance_sq, enclosing_box_3d, rotated_overlap_3d
-from ..geometry.iou import _safe_ratio
-from ._common import check_loss_inputs, reduce_loss
+from ..geometry import center_distance_sq, enclosing_box_3d, heading_cos_error, iou_from_overlap, rotated_overlap_3d
+from ._common import check_loss_inputs, check_loss_options, reduce_loss
 
 
 def _iou(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return _safe_ratio(*rotated_overlap_3d(pred, target))
+    return iou_from_overlap(*rotated_overlap_3d(pred, target))
+
+
+def _check_orientation_weight(orientation_weight: object) -> None:
+    if (
+        isinstance(orientation_weight, bool)
+        or not isinstance(orientation_weight, (int, float))
+        or not (math.isfinite(orientation_weight) and orientation_weight >= 0)
+    ):
+        raise ValueError(f"orientation_weight must be a finite number >= 0, got {orientation_weight!r}")
 
 
 def iou_loss(pred, target, weights=None, *, reduction: str = "none", eps: float = 1e-6) -> torch.Tensor:
@@ -52,7 +64,7 @@ def giou_loss(pred, target, weights=None, *, reduction: str = "none", eps: float
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
     intersection, union = rotated_overlap_3d(pred, target)
     enclosing = enclosing_box_3d(pred, target)[..., :3].prod(dim=-1)
-    loss = 1 - _safe_ratio(intersection, union) + (enclosing - union) / (enclosing + eps)
+    loss = 1 - iou_from_overlap(intersection, union) + (enclosing - union) / (enclosing + eps)
     return reduce_loss(loss, pred, weights, reduction)
 
 
@@ -76,8 +88,9 @@ def odiou_loss(
     ``|cos|`` makes the orientation term pi-periodic like the IoU (the direction is left to the direction
     classifier). ``orientation_weight`` is SE-SSD's gamma.
     """
+    _check_orientation_weight(orientation_weight)
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
-    orientation = 1 - torch.cos(pred[..., 6] - target[..., 6]).abs()
+    orientation = 1 - heading_cos_error(pred[..., 6], target[..., 6]).abs()
     loss = 1 - _iou(pred, target) + _distance_penalty(pred, target, eps) + orientation_weight * orientation
     return reduce_loss(loss, pred, weights, reduction)
 
@@ -109,7 +122,7 @@ def rotation_decoupled_iou(pred: torch.Tensor, target: torch.Tensor, eps: float 
         centre_p - size_p / 2, centre_t - size_t / 2
     )
     penalty = ((centre_p - centre_t) ** 2).sum(dim=-1) / ((enclosing**2).sum(dim=-1) + eps)
-    return _safe_ratio(intersection, union), penalty
+    return iou_from_overlap(intersection, union), penalty
 
 
 def rdiou_loss(pred, target, weights=None, *, reduction: str = "none", eps: float = 1e-6) -> torch.Tensor:
@@ -126,6 +139,7 @@ class _BoxLoss(nn.Module):
 
     def __init__(self, reduction: str = "none", eps: float = 1e-6, **options) -> None:
         super().__init__()
+        check_loss_options(reduction, eps)  # at build time, not on the first call
         self.reduction, self.eps, self.options = reduction, eps, options
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -166,6 +180,7 @@ class ODIoULoss(_BoxLoss):
     function = staticmethod(odiou_loss)
 
     def __init__(self, orientation_weight: float = 1.0, reduction: str = "none", eps: float = 1e-6) -> None:
+        _check_orientation_weight(orientation_weight)
         super().__init__(reduction=reduction, eps=eps, orientation_weight=orientation_weight)
 
 

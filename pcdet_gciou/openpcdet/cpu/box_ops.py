@@ -8,8 +8,8 @@ this module imports only torch, numpy and that package.
 Boxes are ``(N, 7)`` = ``[x, y, z, dx, dy, dz, heading]`` in OpenPCDet's LiDAR convention (z = centre).
 
 IoU matrices are :func:`pcdet_gciou.geometry.rotated_iou_bev_matrix` / ``rotated_iou_3d_matrix``. NMS and the
-KITTI evaluator's overlaps work on a sparse pair list instead: exact rotated overlaps only for pairs whose BEV
-circumscribed circles meet (found by a sort-and-sweep along x), so NMS can walk each kept box's overlaps.
+KITTI evaluator's overlaps work on a sparse pair list instead, from the geometry's one pair prefilter
+(:func:`pcdet_gciou.geometry.candidate_pairs`), so NMS can walk each kept box's overlaps.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ import numpy as np
 import torch
 
 from pcdet_gciou.geometry import (
+    candidate_pairs,
+    check_boxes,
     points_in_boxes_mask,
     rotated_iou_3d,
     rotated_iou_3d_matrix,
     rotated_iou_bev,
     rotated_iou_bev_matrix,
 )
-
-from ._sweep import x_sweep_blocks
+from pcdet_gciou.geometry.chunking import PAIRS_PER_CHUNK
 
 __all__ = [
     "overlapping_pairs",
@@ -44,59 +45,16 @@ __all__ = [
     "points_in_boxes_gpu",
 ]
 
-# Upper bound on the elements of one dense (rows x M) distance block, and on the pairs sent to the
-# exact geometry in one call: keeps peak memory at a few hundred MB whatever N and M are.
-_BLOCK_ELEMENTS = 1 << 22
-_PAIR_CHUNK = 1 << 16
-_SWEEP_ROWS = 256
-
-
-def _check_boxes(boxes: torch.Tensor, name: str) -> None:
-    if not isinstance(boxes, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(boxes).__name__}")
-    if boxes.dim() != 2 or boxes.shape[1] != 7:
-        raise ValueError(f"{name} must have shape (N, 7) [x, y, z, dx, dy, dz, heading], got {tuple(boxes.shape)}")
-
 
 def overlapping_pairs(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index pairs ``(i, j)`` of boxes whose BEV circumscribed circles intersect.
+    """Index pairs ``(i, j)``, sorted by ``(i, j)``, that may overlap in BEV.
 
-    Args:
-        boxes_a: ``(N, 7)`` boxes.
-        boxes_b: ``(M, 7)`` boxes.
-
-    Returns:
-        Two ``(P,)`` int64 tensors ``i`` and ``j``, sorted by ``(i, j)``. Every pair with non-zero BEV overlap is
-        among them.
+    The geometry's one prefilter, :func:`pcdet_gciou.geometry.candidate_pairs`: every pair with non-zero BEV
+    overlap is among them.
     """
-    num_a, num_b = boxes_a.shape[0], boxes_b.shape[0]
-    empty = torch.zeros(0, dtype=torch.long, device=boxes_a.device)
-    if num_a == 0 or num_b == 0:
-        return empty, empty.clone()
-    centre_a, centre_b = boxes_a[:, :2].double(), boxes_b[:, :2].double()
-    radius_a = 0.5 * torch.hypot(boxes_a[:, 3].double(), boxes_a[:, 4].double())
-    radius_b = 0.5 * torch.hypot(boxes_b[:, 3].double(), boxes_b[:, 4].double())
-    pair_i, pair_j = [], []
-    for rows_a, cols_b in x_sweep_blocks(
-        centre_a[:, 0], radius_a, centre_b[:, 0], float(radius_b.max()), rows=_SWEEP_ROWS
-    ):
-        if cols_b.numel() == 0:
-            continue
-        step = max(1, _BLOCK_ELEMENTS // cols_b.numel())
-        for rows in rows_a.split(step):
-            # Explicit differences, not torch.cdist: its matmul shortcut loses precision for nearby centres.
-            distance_sq = (centre_a[rows, 0, None] - centre_b[None, cols_b, 0]).square_()
-            distance_sq.add_((centre_a[rows, 1, None] - centre_b[None, cols_b, 1]).square_())
-            reach_sq = (radius_a[rows, None] + radius_b[None, cols_b]).square_()
-            # The 1e-9 relative slack only admits touching pairs, whose exact overlap is then zero anyway.
-            i, j = torch.nonzero(distance_sq <= reach_sq.mul_(1 + 1e-9), as_tuple=True)
-            pair_i.append(rows[i])
-            pair_j.append(cols_b[j])
-    if not pair_i:
-        return empty, empty.clone()
-    pair_i, pair_j = torch.cat(pair_i), torch.cat(pair_j)
-    order = torch.argsort(pair_i * num_b + pair_j)
-    return pair_i[order], pair_j[order]
+    check_boxes("boxes_a", boxes_a, ndim=2)
+    check_boxes("boxes_b", boxes_b, ndim=2)
+    return candidate_pairs(boxes_a, boxes_b, sort=True)
 
 
 def pairwise_box_values(
@@ -108,21 +66,24 @@ def pairwise_box_values(
 ) -> torch.Tensor:
     """Dense ``(N, M)`` matrix of ``paired_fn`` on overlapping pairs, zero elsewhere.
 
-    ``paired_fn(a (P, 7), b (P, 7)) -> (P,)`` must be zero for boxes that do not overlap in BEV.
+    ``paired_fn(a (P, 7), b (P, 7)) -> (P,)`` must be zero for boxes that do not overlap in BEV. Rows and columns of
+    boxes with a NaN or infinite parameter are NaN, as in the geometry's matrices.
     """
     out = torch.zeros(boxes_a.shape[0], boxes_b.shape[0], dtype=dtype, device=boxes_a.device)
     pair_i, pair_j = overlapping_pairs(boxes_a, boxes_b)
     with torch.no_grad():
-        for start in range(0, pair_i.numel(), _PAIR_CHUNK):
-            i, j = pair_i[start : start + _PAIR_CHUNK], pair_j[start : start + _PAIR_CHUNK]
+        for start in range(0, pair_i.numel(), PAIRS_PER_CHUNK):
+            i, j = pair_i[start : start + PAIRS_PER_CHUNK], pair_j[start : start + PAIRS_PER_CHUNK]
             out[i, j] = paired_fn(boxes_a[i], boxes_b[j]).to(dtype)
+    out[~torch.isfinite(boxes_a).all(dim=1)] = float("nan")
+    out[:, ~torch.isfinite(boxes_b).all(dim=1)] = float("nan")
     return out
 
 
 def boxes_iou_bev(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     """All-pairs rotated BEV IoU ``(N, M)`` of ``(N, 7)`` and ``(M, 7)`` boxes (OpenPCDet's ``boxes_iou_bev``)."""
-    _check_boxes(boxes_a, "boxes_a")
-    _check_boxes(boxes_b, "boxes_b")
+    check_boxes("boxes_a", boxes_a, ndim=2)
+    check_boxes("boxes_b", boxes_b, ndim=2)
     return rotated_iou_bev_matrix(boxes_a, boxes_b).to(boxes_a.dtype)
 
 
@@ -137,15 +98,15 @@ def boxes_bev_iou_cpu(boxes_a, boxes_b):
 
 def boxes_iou3d_gpu(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     """All-pairs rotated 3D IoU ``(N, M)`` (OpenPCDet's ``boxes_iou3d_gpu``, on any device)."""
-    _check_boxes(boxes_a, "boxes_a")
-    _check_boxes(boxes_b, "boxes_b")
+    check_boxes("boxes_a", boxes_a, ndim=2)
+    check_boxes("boxes_b", boxes_b, ndim=2)
     return rotated_iou_3d_matrix(boxes_a, boxes_b).to(boxes_a.dtype)
 
 
 def paired_boxes_iou3d_gpu(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     """Rotated 3D IoU ``(N,)`` of row-aligned ``(N, 7)`` boxes (OpenPCDet's ``paired_boxes_iou3d_gpu``)."""
-    _check_boxes(boxes_a, "boxes_a")
-    _check_boxes(boxes_b, "boxes_b")
+    check_boxes("boxes_a", boxes_a, ndim=2)
+    check_boxes("boxes_b", boxes_b, ndim=2)
     if boxes_a.shape[0] != boxes_b.shape[0]:
         raise ValueError(f"paired boxes need equal counts, got {boxes_a.shape[0]} and {boxes_b.shape[0]}")
     with torch.no_grad():
@@ -171,7 +132,7 @@ def greedy_nms(boxes: torch.Tensor, threshold: float) -> torch.Tensor:
     Returns:
         ``(K,)`` int64 positions into ``boxes`` of the kept boxes, ascending.
     """
-    _check_boxes(boxes, "boxes")
+    check_boxes("boxes", boxes, ndim=2)
     num = boxes.shape[0]
     if num == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
@@ -182,8 +143,8 @@ def greedy_nms(boxes: torch.Tensor, threshold: float) -> torch.Tensor:
         ious = (
             torch.cat(
                 [
-                    rotated_iou_bev(boxes[pair_i[s : s + _PAIR_CHUNK]], boxes[pair_j[s : s + _PAIR_CHUNK]])
-                    for s in range(0, pair_i.numel(), _PAIR_CHUNK)
+                    rotated_iou_bev(boxes[pair_i[s : s + PAIRS_PER_CHUNK]], boxes[pair_j[s : s + PAIRS_PER_CHUNK]])
+                    for s in range(0, pair_i.numel(), PAIRS_PER_CHUNK)
                 ]
             )
             if pair_i.numel()
@@ -208,7 +169,7 @@ def greedy_nms(boxes: torch.Tensor, threshold: float) -> torch.Tensor:
 
 def nms_gpu(boxes: torch.Tensor, scores: torch.Tensor, thresh: float, pre_maxsize: int | None = None, **kwargs):
     """Rotated BEV NMS (OpenPCDet's ``nms_gpu``): returns ``(kept indices into boxes, None)``."""
-    _check_boxes(boxes, "boxes")
+    check_boxes("boxes", boxes, ndim=2)
     order = scores.sort(0, descending=True)[1]
     if pre_maxsize is not None:
         order = order[:pre_maxsize]
@@ -218,7 +179,7 @@ def nms_gpu(boxes: torch.Tensor, scores: torch.Tensor, thresh: float, pre_maxsiz
 
 def nms_normal_gpu(boxes: torch.Tensor, scores: torch.Tensor, thresh: float, **kwargs):
     """Axis-aligned BEV NMS that ignores the heading (OpenPCDet's ``nms_normal_gpu``)."""
-    _check_boxes(boxes, "boxes")
+    check_boxes("boxes", boxes, ndim=2)
     order = scores.sort(0, descending=True)[1]
     upright = boxes[order].clone()
     upright[:, 6] = 0
@@ -234,7 +195,7 @@ def points_in_boxes_cpu(points, boxes):
     is_numpy = isinstance(points, np.ndarray)
     points_t = torch.from_numpy(np.ascontiguousarray(points)).float() if is_numpy else points.float()
     boxes_t = torch.from_numpy(np.ascontiguousarray(boxes)).float() if isinstance(boxes, np.ndarray) else boxes.float()
-    _check_boxes(boxes_t, "boxes")
+    check_boxes("boxes", boxes_t, ndim=2)
     if points_t.dim() != 2 or points_t.shape[1] != 3:
         raise ValueError(f"points must have shape (N, 3), got {tuple(points_t.shape)}")
     flags = points_in_boxes_mask(points_t, boxes_t).transpose(0, 1).to(torch.int32).contiguous()

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from ._sweep import x_sweep_blocks
+from ...geometry.chunking import BALL_QUERY_SWEEP_ROWS as _SWEEP_ROWS
+from ...geometry.chunking import BLOCK_ELEMENTS as _BLOCK_ELEMENTS
+from ...geometry.pairs import x_sweep_blocks
 
 __all__ = [
     "ball_query",
@@ -25,9 +27,6 @@ __all__ = [
     "three_interpolate",
     "PATCHES",
 ]
-
-_BLOCK_ELEMENTS = 1 << 22
-_SWEEP_ROWS = 128
 
 
 def _batch_starts(batch_cnt: torch.Tensor) -> list[int]:

@@ -1,8 +1,7 @@
-"""Box pairs shared by the geometry tests and ``scripts/bench_iou.py``.
+"""Reproducible box samples: random pairs and scenes, and named hard cases (the tests' and the benchmark's inputs).
 
 Boxes are ``(..., 7)`` = ``[x, y, z, dx, dy, dz, heading]`` (OpenPCDet LiDAR convention, z = centre).
-This module imports only torch, so the benchmark can use it without the test extra.
-All randomness goes through a CPU ``torch.Generator`` so every device gets the same boxes.
+Imports only torch. All randomness goes through a CPU ``torch.Generator``, so every device gets the same boxes.
 """
 
 from __future__ import annotations
@@ -10,6 +9,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+__all__ = ["random_box_pairs", "random_boxes", "adversarial_box_pairs", "huge_and_degenerate_box_pairs"]
 
 PI = math.pi
 
@@ -25,6 +26,11 @@ def random_box_pairs(
     """``n`` paired boxes ``(n, 7)``, ``(n, 7)``: car/pedestrian-like sizes, most pairs overlapping partially.
 
     Headings cover several turns (to exercise wrapping); box 2 is box 1 jittered in centre, size and heading.
+
+    Example:
+        >>> boxes1, boxes2 = random_box_pairs(3, seed=0)
+        >>> boxes1.shape, boxes2.dtype
+        (torch.Size([3, 7]), torch.float64)
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -56,6 +62,10 @@ def random_boxes(
 
     A fraction are long and thin (up to 20 m x 0.2 m) so that a too-tight bounding-circle/AABB prefilter would
     miss their corner-tip overlaps.
+
+    Example:
+        >>> random_boxes(5, extent=40.0, dtype=torch.float32).shape
+        torch.Size([5, 7])
     """
     gen = torch.Generator().manual_seed(seed)
     rand = torch.rand(n, 7, generator=gen, dtype=torch.float64)
@@ -89,6 +99,11 @@ def adversarial_box_pairs(
 
     Coincident and collinear edges, exact 90/180/360 degree turns, touching, nesting, zero sizes,
     coordinates around 1e4 m, near-parallel edges and tiny offsets. Expected values come from the reference.
+
+    Example:
+        >>> names, boxes1, boxes2 = adversarial_box_pairs()
+        >>> names[0], boxes1.shape == boxes2.shape
+        ('identical', True)
     """
     car = _box(1.0, 2.0, -0.5, 4.0, 2.0, 1.5, 0.3)
     car_axis = _box(0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0)
@@ -155,7 +170,13 @@ def adversarial_box_pairs(
 def huge_and_degenerate_box_pairs(
     dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu"
 ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """Boxes seen in real (diverging) training: ``dx = 0``, ``dy ~ 1e11``, 1e4 m coordinates, far apart."""
+    """Boxes seen in real (diverging) training: ``dx = 0``, ``dy ~ 1e11``, 1e4 m coordinates, far apart.
+
+    Example:
+        >>> names, boxes1, boxes2 = huge_and_degenerate_box_pairs(dtype=torch.float32)
+        >>> names[1], boxes1[1, 4].item()
+        ('dy_1e11_pred', 99999997952.0)
+    """
     car = _box(10.0, -3.0, -1.0, 3.9, 1.6, 1.5, 0.4)
     cases = [
         ("dx_zero_pred", _box(*car[:3], 0.0, *car[4:7]), car),
