@@ -35,7 +35,16 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-__all__ = ["AttrDict", "load_config", "apply_set_args", "config_tag", "project_root", "BASE_KEY"]
+__all__ = [
+    "AttrDict",
+    "load_config",
+    "apply_set_args",
+    "override_data_path",
+    "save_config",
+    "config_tag",
+    "project_root",
+    "BASE_KEY",
+]
 
 BASE_KEY = "_BASE_CONFIG_"
 ROOT_ENV_VAR = "PCDET_GCIOU_ROOT"
@@ -196,16 +205,28 @@ def load_config(path: str | os.PathLike) -> AttrDict:
     return AttrDict(merged)
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, key: str = "") -> Any:
+    """A Python literal; a list or mapping (text starting with ``[`` or ``{``) must parse, as a literal or
+    strictly as YAML; any other text that is no literal stays a string."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
+        pass
+    if not text.strip().startswith(("[", "{")):
         return text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"--set {key}: {text!r} is not a valid YAML list or mapping ({problem})") from None
+    if not isinstance(value, (list, dict)):
+        raise ValueError(f"--set {key}: {text!r} is not a valid YAML list or mapping")
+    return value
 
 
 def _coerce(key: str, text: str, current: Any) -> Any:
     """Turn the command-line string ``text`` into a value of the same kind as ``current``."""
-    value = _parse_value(text)
+    value = _parse_value(text, key)
     if isinstance(current, Mapping):
         if isinstance(value, Mapping):
             return value
@@ -223,7 +244,7 @@ def _coerce(key: str, text: str, current: Any) -> Any:
         items = [s.strip() for s in str(text).split(",")]
         if current:
             return [_coerce(f"{key}[{i}]", s, current[0]) for i, s in enumerate(items)]
-        return [_parse_value(s) for s in items]
+        return [_parse_value(s, key) for s in items]
     if current is None or value is None:  # None (YAML null) is how options are switched off, e.g. g: None
         return value
     if isinstance(current, bool):
@@ -243,12 +264,31 @@ def _coerce(key: str, text: str, current: Any) -> Any:
     )
 
 
+def save_config(cfg: Mapping, path: str | os.PathLike) -> Path:
+    """Write ``cfg`` as YAML to ``path`` atomically (a temporary file, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(_unwrap(cfg), sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def override_data_path(cfg: AttrDict, path: str | os.PathLike) -> AttrDict:
+    """Set ``DATA_CONFIG.DATA_PATH`` (or the top-level ``DATA_PATH`` of a dataset config) from a command-line path
+    (``--data_path``), which is taken relative to the working directory like any command-line path."""
+    data_cfg = cfg["DATA_CONFIG"] if "DATA_CONFIG" in cfg else cfg
+    data_cfg["DATA_PATH"] = str(Path(path).expanduser().resolve())
+    return cfg
+
+
 def apply_set_args(cfg: AttrDict, set_args: Iterable[str] | None) -> AttrDict:
     """Apply OpenPCDet-style ``--set KEY.SUB value ...`` overrides to ``cfg`` in place (and return it).
 
     Like ``pcdet.config.cfg_from_list``: every key must already exist; the value is parsed with
-    ``ast.literal_eval`` and must match the current value's type (an int is accepted for a float, and
-    ``None`` for anything, since that is how options such as GCIoU's ``g`` are switched off);
+    ``ast.literal_eval`` (a list or mapping that is no literal must parse strictly as YAML) and must match the
+    current value's type (an int is accepted for a float, and ``None`` for anything, since that is how options
+    such as GCIoU's ``g`` are switched off);
     a mapping accepts ``"name:value,name:value"`` and a list accepts ``"a,b,c"`` or a literal list.
     A relative ``DATA_PATH`` is resolved against :func:`project_root`.
 

@@ -289,3 +289,26 @@ def test_baseline_matches_stock_openpcdet_config(baseline, tmp_path):
     diff = set(config_diff(ours, stock))
     assert diff - DOCUMENTED_STOCK_DIFFS == set(), f"undocumented differences from stock {baseline}.yaml"
     assert stock["DATA_CONFIG"]["DATA_PATH"] == "../data/kitti"
+
+
+def test_set_parses_lists_and_mappings_strictly_as_yaml():
+    cfg = load_config(REPO_ROOT / "cfgs" / "kitti_models" / "pointpillar_gciou.yaml")
+    key = "DATA_CONFIG.DATA_AUGMENTOR.DISABLE_AUG_LIST"
+    apply_set_args(cfg, [key, "['gt_sampling']"])
+    assert cfg.DATA_CONFIG.DATA_AUGMENTOR.DISABLE_AUG_LIST == ["gt_sampling"]
+    apply_set_args(cfg, [key, "[gt_sampling, random_world_flip]"])  # YAML flow list, unquoted
+    assert cfg.DATA_CONFIG.DATA_AUGMENTOR.DISABLE_AUG_LIST == ["gt_sampling", "random_world_flip"]
+    for bad in ("['gt_sampling'", "[a, b", "{x: 1"):
+        with pytest.raises(ValueError, match="is not a valid YAML list or mapping"):
+            apply_set_args(cfg, [key, bad])
+    assert cfg.DATA_CONFIG.DATA_AUGMENTOR.DISABLE_AUG_LIST == ["gt_sampling", "random_world_flip"]
+
+
+def test_data_path_override_is_relative_to_the_working_directory(tmp_path, monkeypatch):
+    from pcdet_gciou.config import override_data_path
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(REPO_ROOT / "cfgs" / "kitti_models" / "pointpillar_gciou.yaml")
+    assert override_data_path(cfg, "kitti").DATA_CONFIG.DATA_PATH == str(tmp_path.resolve() / "kitti")
+    dataset_cfg = load_config(REPO_ROOT / "cfgs" / "dataset_configs" / "kitti_dataset.yaml")
+    assert override_data_path(dataset_cfg, "k2").DATA_PATH == str(tmp_path.resolve() / "k2")

@@ -17,7 +17,10 @@ MODULES = [
     "pcdet_gciou.openpcdet.kitti_eval",
     "pcdet_gciou.openpcdet.prepare",
     "pcdet_gciou.training",
-    "pcdet_gciou.training.cli",
+    "pcdet_gciou.openpcdet.app",
+    "pcdet_gciou.openpcdet.app.train",
+    "pcdet_gciou.openpcdet.app.evaluate",
+    "pcdet_gciou.openpcdet.app.prepare",
     "pcdet_gciou.simulate",
     "pcdet_gciou.analysis",
 ]

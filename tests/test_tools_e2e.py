@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pcdet_gciou.openpcdet.prepare import check_kitti_layout
-from pcdet_gciou.training import onecycle_reference_lr, read_metrics
+from pcdet_gciou.training import ConfigMismatchError, onecycle_reference_lr, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 # gt sampling is off: kitti_mini has no road planes and its only train Cyclist has difficulty -1.
@@ -65,7 +65,7 @@ def test_layout_check_names_missing_paths(tmp_path, kitti_mini_dir):
 
 @pytest.fixture(scope="module")
 def pipeline(kitti_mini_tree, tmp_path_factory):
-    from pcdet_gciou.training.cli import prepare_kitti_main, test_main, train_main
+    from pcdet_gciou.openpcdet.app import prepare_kitti_main, test_main, train_main
 
     out = tmp_path_factory.mktemp("output")
     prepare_kitti_main(["--data_path", str(kitti_mini_tree), "--workers", "1", "--cpu"])
@@ -80,7 +80,7 @@ def pipeline(kitti_mini_tree, tmp_path_factory):
     # --eval_interval 2: the in-training evaluation covers epoch 2 only, so --eval_all below must add epoch 1 alone
     resumed = train_main(
         train
-        + ["--ckpt", str(run_dir / "ckpt" / "latest_model.pth"), "--eval_interval", "2"]
+        + ["--ckpt", str(run_dir / "ckpt" / "checkpoint_iter_2.pth"), "--eval_interval", "2"]
         + _sets("pointpillar_gciou")
     )
     eval_during_training = {r["checkpoint"] for r in _eval_rows(run_dir)}
@@ -106,7 +106,7 @@ def pipeline(kitti_mini_tree, tmp_path_factory):
     )
     second_eval = test_main(
         _common("second_gciou", kitti_mini_tree, out)
-        + ["--batch_size", "2", "--ckpt", str(second["run_dir"] / "ckpt" / "latest_model.pth")]
+        + ["--batch_size", "2", "--ckpt", str(second["run_dir"] / "ckpt" / "checkpoint_iter_1.pth")]
         + _sets("second_gciou")
     )
     return {
@@ -141,13 +141,17 @@ def test_prepare_writes_infos_into_the_tree(pipeline):
 def test_interrupted_run_resumes_iterations_and_lr(pipeline):
     first = pipeline["first"]
     assert (first["state"]["epoch"], first["state"]["global_iter"]) == (0, 2)
-    assert first["ckpts"] == ["latest_model.pth"]
+    assert first["ckpts"] == ["checkpoint_iter_2.pth"]  # --max_iters ends the run with a checkpoint
     assert sorted({r["step"] for r in first["metrics"]}) == [1, 2]
 
     resumed = pipeline["resumed"]
     assert (resumed["epoch"], resumed["global_iter"]) == (2, 6)  # 5 frames at batch 2: 3 iterations per epoch
     run_dir = pipeline["run_dir"]
-    assert sorted(p.name for p in (run_dir / "ckpt").iterdir()) == ["checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth"]
+    assert sorted(p.name for p in (run_dir / "ckpt").iterdir()) == [
+        "checkpoint_epoch_1.pth",
+        "checkpoint_epoch_2.pth",
+        "checkpoint_iter_2.pth",
+    ]
     rows = read_metrics(run_dir / "metrics.csv")
     assert [r["step"] for r in rows if r["tag"] == "train/loss"] == [1, 2, 3, 4, 5, 6]
     lrs = [r["value"] for r in rows if r["tag"] == "train/lr"]
@@ -170,7 +174,11 @@ def test_interrupted_run_resumes_iterations_and_lr(pipeline):
 def test_eval_all_writes_r11_and_r40_for_every_class(pipeline):
     run_dir = pipeline["run_dir"]
     rows = _eval_rows(run_dir)
-    assert {r["checkpoint"] for r in rows} == {"checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth"}
+    assert {r["checkpoint"] for r in rows} == {
+        "checkpoint_epoch_1.pth",
+        "checkpoint_epoch_2.pth",
+        "checkpoint_iter_2.pth",
+    }
     for epoch in ("1", "2"):
         for cls in CLASSES:
             for metric in ("3d", "bev", "bbox"):
@@ -193,7 +201,7 @@ def test_eval_all_writes_r11_and_r40_for_every_class(pipeline):
 @pytest.mark.pcdet
 @pytest.mark.slow
 def test_eval_all_skips_evaluated_checkpoints(pipeline):
-    from pcdet_gciou.training.cli import test_main
+    from pcdet_gciou.openpcdet.app import test_main
 
     before = _eval_rows(pipeline["run_dir"])
     again = test_main(
@@ -206,10 +214,12 @@ def test_eval_all_skips_evaluated_checkpoints(pipeline):
 @pytest.mark.pcdet
 @pytest.mark.slow
 def test_resume_with_other_config_is_refused(pipeline):
-    from pcdet_gciou.training.cli import train_main
+    from pcdet_gciou.openpcdet.app import train_main
 
     argv = _common("pointpillar_gciou", pipeline["tree"], pipeline["out"]) + ["--batch_size", "2", "--epochs", "2"]
-    with pytest.raises(SystemExit, match=r"(?s)refusing to resume .*OPTIMIZATION\.LR: checkpoint=0\.003 current=0\.01"):
+    with pytest.raises(
+        ConfigMismatchError, match=r"refusing to resume .*OPTIMIZATION\.LR: checkpoint=0\.003 current=0\.01"
+    ):
         train_main(argv + _sets("pointpillar_gciou", "OPTIMIZATION.LR", "0.01"))
 
 
@@ -295,7 +305,7 @@ def test_torchrun_launcher_two_processes(pipeline, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = out / "pointpillar_gciou" / "default"
     assert "2 process(es), 1 frames per process" in result.stdout
-    assert [p.name for p in (run_dir / "ckpt").iterdir()] == ["latest_model.pth"]
+    assert [p.name for p in (run_dir / "ckpt").iterdir()] == ["checkpoint_iter_2.pth"]
     assert [r["step"] for r in read_metrics(run_dir / "metrics.csv") if r["tag"] == "train/loss"] == [1, 2]
     assert len(list(run_dir.glob("log_train_*.txt"))) == 1
 

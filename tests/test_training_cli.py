@@ -1,5 +1,5 @@
-"""CLI logic that needs no OpenPCDet: run directories, argument parsing, refusal before any model is built,
-checkpoint polling for --eval_all --wait, import isolation, and DDP sharding of the Trainer (gloo, 2 processes)."""
+"""Engine pieces behind the tools, without OpenPCDet: run directories, checkpoint polling for --eval_all --wait,
+resume lookup, and DDP sharding of the Trainer (gloo, 2 processes)."""
 
 import os
 import sys
@@ -8,75 +8,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from pcdet_gciou.config import apply_set_args, load_config
-from pcdet_gciou.training import atomic_torch_save, read_metrics
-from pcdet_gciou.training.checkpoint import to_plain
-from pcdet_gciou.training.cli import iter_new_checkpoints, parse_test_args, parse_train_args, run_dir_for, train_main
+from pcdet_gciou.training import find_resume_checkpoint, iter_new_checkpoints, read_metrics, run_dir_for
 
 REPO = Path(__file__).resolve().parents[1]
-PP_CFG = REPO / "cfgs" / "kitti_models" / "pointpillar_gciou.yaml"
 
 
-def test_run_dir_layout_and_parsing(tmp_path):
-    assert (
-        run_dir_for("cfgs/kitti_models/second_gciou.yaml", "default", str(tmp_path))
-        == tmp_path.resolve() / "second_gciou" / "default"
-    )
-    assert run_dir_for("x/pointpillar.yaml", "paper", None).parts[-3:] == ("output", "pointpillar", "paper")
-    args = parse_train_args(
-        [
-            "--cfg_file",
-            "a.yaml",
-            "--batch_size",
-            "4",
-            "--epochs",
-            "40",
-            "--set",
-            "OPTIMIZATION.LR",
-            "0.003",
-            "MODEL.X",
-            "1",
-        ]
-    )
-    assert (args.batch_size, args.epochs, args.launcher, args.extra_tag) == (4, 40, "none", "default")
-    assert args.set_cfgs == ["OPTIMIZATION.LR", "0.003", "MODEL.X", "1"]
-    assert (args.max_ckpt_save_num, args.ckpt_save_interval, args.max_iters) == (30, 1, None)
-    test_args = parse_test_args(["--cfg_file", "a.yaml", "--eval_all", "--wait"])
-    assert test_args.eval_all and test_args.wait and test_args.ckpt is None
-    with pytest.raises(SystemExit):  # --ckpt and --eval_all are exclusive
-        parse_test_args(["--cfg_file", "a.yaml", "--eval_all", "--ckpt", "x.pth"])
+def test_run_dir_layout(tmp_path):
+    run = run_dir_for("cfgs/kitti_models/second_gciou.yaml", "default", str(tmp_path))
+    assert run.root == tmp_path.resolve() / "second_gciou" / "default"
+    assert run_dir_for("x/pointpillar.yaml", "paper", None).root.parts[-3:] == ("output", "pointpillar", "paper")
+    assert (run.metrics_csv.name, run.eval_csv.name, run.ckpt_dir.name) == ("metrics.csv", "eval_results.csv", "ckpt")
+    assert run.eval_output("checkpoint_epoch_3.pth", "val") == run.root / "eval" / "epoch_3" / "val"
+    assert run.eval_output("checkpoint_iter_7.pth", "val") == run.root / "eval" / "checkpoint_iter_7" / "val"
 
 
-def test_train_refuses_foreign_checkpoint_before_building_anything(tmp_path, monkeypatch):
-    from pcdet_gciou.openpcdet import runtime
-
-    monkeypatch.setattr(runtime, "import_pcdet", lambda cpu: pytest.fail("refusal must come before OpenPCDet"))
-    cfg = load_config(PP_CFG)
-    apply_set_args(cfg, ["DATA_CONFIG.DATA_PATH", str(tmp_path / "kitti")])
-    run_dir = run_dir_for(str(PP_CFG), "default", str(tmp_path))
-    atomic_torch_save(
-        {"model_state": {}, "config": to_plain(cfg), "epoch": 1, "global_iter": 3},
-        run_dir / "ckpt" / "checkpoint_epoch_1.pth",
-    )
-    # No --ckpt: the newest checkpoint of the run directory is picked up and checked.
-    with pytest.raises(
-        SystemExit,
-        match=r"(?s)refusing to resume .*checkpoint_epoch_1\.pth.*"
-        r"OPTIMIZATION\.LR: checkpoint=0\.003 current=0\.002.*--extra_tag",
-    ):
-        train_main(
-            [
-                "--cfg_file",
-                str(PP_CFG),
-                "--output_dir",
-                str(tmp_path),
-                "--data_path",
-                str(tmp_path / "k2"),
-                "--set",
-                "OPTIMIZATION.LR",
-                "0.002",
-            ]
-        )
+def test_resume_lookup_takes_the_newest_checkpoint(tmp_path):
+    assert find_resume_checkpoint(tmp_path / "none") is None
+    for i, name in enumerate(("checkpoint_epoch_2.pth", "latest_model.pth", "checkpoint_iter_9.pth")):
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (1000 + i, 1000 + i))
+    assert find_resume_checkpoint(tmp_path).name == "checkpoint_iter_9.pth"
+    os.utime(tmp_path / "latest_model.pth", (2000, 2000))
+    assert find_resume_checkpoint(tmp_path).name == "latest_model.pth"
 
 
 def test_iter_new_checkpoints_polls_in_epoch_order(tmp_path):
@@ -123,6 +76,9 @@ def test_iter_new_checkpoints_polls_in_epoch_order(tmp_path):
         "checkpoint_epoch_10.pth",
         "checkpoint_epoch_11.pth",
     ]
+    (tmp_path / "checkpoint_iter_5.pth").write_bytes(b"x")  # a run ended by --max_iters: evaluated after the epochs
+    again = iter_new_checkpoints(tmp_path, lambda: {p.name for p in once}, wait=False, max_waiting_s=0, poll_s=1)
+    assert [p.name for p in again] == ["checkpoint_iter_5.pth"]
 
 
 def _ddp_worker(rank, world_size, run_dir, port):
@@ -132,7 +88,14 @@ def _ddp_worker(rank, world_size, run_dir, port):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_training_loop import CONFIG, NoisyDataset, TinyNet, mse_step
 
-    from pcdet_gciou.training import MetricsLogger, Trainer, build_optimizer, build_scheduler, make_epoch_loader
+    from pcdet_gciou.training import (
+        MetricsLogger,
+        RunOptions,
+        Trainer,
+        build_optimizer,
+        build_scheduler,
+        make_epoch_loader,
+    )
 
     torch.manual_seed(0)
     model = TinyNet()
@@ -158,9 +121,10 @@ def _ddp_worker(rank, world_size, run_dir, port):
         total_epochs=1,
         ckpt_dir=Path(run_dir) / "ckpt",
         config=CONFIG,
+        grad_norm_clip=10.0,
+        options=RunOptions(progress=False),
         metrics=metrics,
         rank=rank,
-        progress=False,
     ).fit()
     if metrics is not None:
         metrics.close()

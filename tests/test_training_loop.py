@@ -24,6 +24,7 @@ from pcdet_gciou.training import (
     read_metrics,
 )
 from pcdet_gciou.training.checkpoint import load_pretrained
+from pcdet_gciou.training.options import RunOptions
 
 CONFIG = {
     "MODEL": {"NAME": "Tiny"},
@@ -37,6 +38,7 @@ CONFIG = {
         "PCT_START": 0.4,
         "GRAD_NORM_CLIP": 10,
         "NUM_EPOCHS": 3,
+        "BATCH_SIZE_PER_GPU": 3,
     },
 }
 
@@ -80,12 +82,14 @@ def mse_step(model, batch):
 
 
 def make_trainer(run_dir, config=CONFIG, max_iters=None, epochs=3, seed_model=0, device="cpu", **kwargs):
+    resume_step = kwargs.pop("resume_step", None)
+    options = RunOptions(max_iters=max_iters, progress=False, **kwargs)
     torch.manual_seed(seed_model)
     model = TinyNet().to(device)
     loader_for_epoch, iters = make_epoch_loader(NoisyDataset(), batch_size=3, seed=7)  # 3 + 3 + 2
     opt = build_optimizer(model, config["OPTIMIZATION"])
     sched = build_scheduler(opt, config["OPTIMIZATION"], total_iters=iters * epochs, iters_per_epoch=iters)
-    metrics = MetricsLogger(run_dir, tensorboard=False, resume_step=kwargs.pop("resume_step", None))
+    metrics = MetricsLogger(run_dir, tensorboard=False, resume_step=resume_step)
     trainer = Trainer(
         model,
         opt,
@@ -98,9 +102,7 @@ def make_trainer(run_dir, config=CONFIG, max_iters=None, epochs=3, seed_model=0,
         config=config,
         grad_norm_clip=config["OPTIMIZATION"]["GRAD_NORM_CLIP"],
         metrics=metrics,
-        max_iters=max_iters,
-        progress=False,
-        **kwargs,
+        options=options,
     )
     return trainer, metrics
 
@@ -116,7 +118,11 @@ def test_resume_is_identical_to_uninterrupted_run(tmp_path, device):
     state = part.fit()
     metrics.close()
     assert (state.epoch, state.global_iter) == (1, 4)
-    assert (tmp_path / "part" / "ckpt" / LATEST_CHECKPOINT).is_file()
+    # max_iters ended the run inside epoch 2: a checkpoint of that iteration, evaluable and resumable
+    assert sorted(p.name for p in (tmp_path / "part" / "ckpt").iterdir()) == [
+        "checkpoint_epoch_1.pth",
+        "checkpoint_iter_4.pth",
+    ]
     # Pretend the interrupted run logged two more iterations after its checkpoint: resume must drop them.
     with open(tmp_path / "part" / "metrics.csv", "a") as handle:
         handle.write("5,2,train/loss,123.0\n6,2,train/loss,456.0\n")
@@ -124,12 +130,12 @@ def test_resume_is_identical_to_uninterrupted_run(tmp_path, device):
     torch.manual_seed(1234)  # scramble the RNGs: resume must restore them
     np.random.seed(1234)
     part, metrics = make_trainer(tmp_path / "part", max_iters=6, seed_model=99, resume_step=4, device=device)
-    part.resume(tmp_path / "part" / "ckpt" / LATEST_CHECKPOINT)
+    part.resume(tmp_path / "part" / "ckpt" / "checkpoint_iter_4.pth")
     assert part.optimizer.param_groups[0]["lr"] == pytest.approx(read_lr(tmp_path / "full", step=5))
     state = part.fit()
     metrics.close()
     assert (state.epoch, state.global_iter) == (2, 6)
-    assert not (tmp_path / "part" / "ckpt" / LATEST_CHECKPOINT).exists()  # superseded by checkpoint_epoch_2
+    assert not (tmp_path / "part" / "ckpt" / "checkpoint_iter_6.pth").exists()  # checkpoint_epoch_2 is that one
 
     part, metrics = make_trainer(tmp_path / "part", seed_model=5, resume_step=6, device=device)
     part.resume(tmp_path / "part" / "ckpt" / "checkpoint_epoch_2.pth")
@@ -171,16 +177,17 @@ def test_checkpoint_from_other_config_is_refused(tmp_path):
     other["DATA_CONFIG"] = {"DATA_PATH": "/elsewhere"}  # a different data location alone is allowed
     trainer, metrics = make_trainer(tmp_path, config=other)
     with pytest.raises(ConfigMismatchError, match=r"OPTIMIZATION\.LR: checkpoint=0\.01 current=0\.003"):
-        trainer.resume(tmp_path / "ckpt" / LATEST_CHECKPOINT)
+        trainer.resume(tmp_path / "ckpt" / "checkpoint_iter_1.pth")
     metrics.close()
     moved = {**CONFIG, "DATA_CONFIG": {"DATA_PATH": "/elsewhere"}}
     trainer, metrics = make_trainer(tmp_path, config=moved)
-    assert trainer.resume(tmp_path / "ckpt" / LATEST_CHECKPOINT).global_iter == 1
+    assert trainer.resume(tmp_path / "ckpt" / "checkpoint_iter_1.pth").global_iter == 1
     metrics.close()
 
 
 def test_grad_norm_clipping_and_logged_norm(tmp_path):
-    cfg = {"OPTIMIZER": "sgd", "LR": 0.1, "MOMENTUM": 0.0, "WEIGHT_DECAY": 0.0, "DECAY_STEP_LIST": [], "LR_DECAY": 0.1}
+    cfg = {"OPTIMIZER": "sgd", "LR": 0.1, "MOMENTUM": 0.0, "DECAY_STEP_LIST": [], "LR_DECAY": 0.1}
+    cfg.update(BATCH_SIZE_PER_GPU=1, NUM_EPOCHS=1)
     model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, -1.0]]))
@@ -204,7 +211,7 @@ def test_grad_norm_clipping_and_logged_norm(tmp_path):
         config={},
         grad_norm_clip=10.0,
         metrics=metrics,
-        progress=False,
+        options=RunOptions(progress=False),
     )
     trainer.fit()
     metrics.close()
@@ -217,7 +224,14 @@ def test_grad_norm_clipping_and_logged_norm(tmp_path):
 
 def test_non_finite_loss_stops_with_context(tmp_path):
     model = torch.nn.Linear(1, 1)
-    cfg = {"OPTIMIZER": "adam", "LR": 0.1, "DECAY_STEP_LIST": [], "LR_DECAY": 0.1}
+    cfg = {
+        "OPTIMIZER": "adam",
+        "LR": 0.1,
+        "DECAY_STEP_LIST": [],
+        "LR_DECAY": 0.1,
+        "BATCH_SIZE_PER_GPU": 1,
+        "NUM_EPOCHS": 1,
+    }
     opt = build_optimizer(model, cfg)
     trainer = Trainer(
         model,
@@ -229,7 +243,8 @@ def test_non_finite_loss_stops_with_context(tmp_path):
         total_epochs=1,
         ckpt_dir=tmp_path,
         config={},
-        progress=False,
+        grad_norm_clip=10.0,
+        options=RunOptions(progress=False),
     )
     with pytest.raises(FloatingPointError, match="iteration 1.*rpn_loss_loc"):
         trainer.fit()

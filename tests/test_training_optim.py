@@ -14,6 +14,8 @@ ONECYCLE = {
     "MOMS": [0.95, 0.85],
     "DIV_FACTOR": 10,
     "PCT_START": 0.4,
+    "BATCH_SIZE_PER_GPU": 4,
+    "NUM_EPOCHS": 10,
 }
 
 
@@ -80,6 +82,8 @@ def test_step_decay_with_clip_and_warmup():
         "DECAY_STEP_LIST": [2, 3],
         "LR_DECAY": 0.1,
         "LR_CLIP": 0.0005,
+        "BATCH_SIZE_PER_GPU": 4,
+        "NUM_EPOCHS": 5,
     }
     lrs, _ = _run_schedule(cfg, 10, iters_per_epoch=2)
     # epochs 0-1 (iters 0-3): 0.01; epoch 2 (iters 4-5): 0.001; from epoch 3: 1e-4 clipped to 5e-4.
@@ -97,12 +101,44 @@ def test_step_decay_with_clip_and_warmup():
 
 def test_bad_optimizer_settings_raise_value_error():
     model = torch.nn.Linear(1, 1)
+    run = {"BATCH_SIZE_PER_GPU": 2, "NUM_EPOCHS": 1}
     with pytest.raises(ValueError, match="adam_onecycle"):
-        build_optimizer(model, {"OPTIMIZER": "lamb", "LR": 0.1})
+        build_optimizer(model, {"OPTIMIZER": "lamb", "LR": 0.1, **run})
     with pytest.raises(ValueError, match="MOMENTUM"):
-        build_optimizer(model, {"OPTIMIZER": "sgd", "LR": 0.1})
+        build_optimizer(model, {"OPTIMIZER": "sgd", "LR": 0.1, **run})
+    with pytest.raises(ValueError, match=r"lacks required key\(s\) \['NUM_EPOCHS'\]"):
+        build_optimizer(model, {"OPTIMIZER": "adam_onecycle", "LR": 0.1, "BATCH_SIZE_PER_GPU": 2})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['GRAD_NORM_CLP'\] in OPTIMIZATION"):
+        build_optimizer(model, dict(ONECYCLE, GRAD_NORM_CLP=5))
+    with pytest.raises(ValueError, match="MOMS must hold 2 numbers"):
+        build_optimizer(model, dict(ONECYCLE, MOMS=[0.9]))
     opt = build_optimizer(model, ONECYCLE)
     with pytest.raises(ValueError, match="PCT_START"):
         build_scheduler(opt, dict(ONECYCLE, PCT_START=1.5), total_iters=10, iters_per_epoch=1)
     with pytest.raises(ValueError, match="total_iters"):
         build_scheduler(opt, ONECYCLE, total_iters=0, iters_per_epoch=1)
+
+
+def test_optimization_defaults_live_in_the_dataclass():
+    from pcdet_gciou.training import OptimizationOptions
+
+    opts = OptimizationOptions.parse(
+        {"OPTIMIZER": "adam_onecycle", "LR": 0.003, "BATCH_SIZE_PER_GPU": 4, "NUM_EPOCHS": 2}
+    )
+    assert (opts.GRAD_NORM_CLIP, opts.DIV_FACTOR, opts.PCT_START, opts.BETAS) == (10.0, 10.0, 0.4, (0.9, 0.99))
+    assert OptimizationOptions.parse(opts) is opts
+    bigger = opts.with_run_overrides(batch_size_per_gpu=8, epochs=None)
+    assert (bigger.BATCH_SIZE_PER_GPU, bigger.NUM_EPOCHS, opts.BATCH_SIZE_PER_GPU) == (8, 2, 4)
+
+
+def test_every_shipped_config_parses(tmp_path):
+    from pathlib import Path
+
+    from pcdet_gciou.config import load_config
+    from pcdet_gciou.training import OptimizationOptions
+
+    cfgs = sorted((Path(__file__).resolve().parents[1] / "cfgs").rglob("*.yaml"))
+    parsed = [
+        OptimizationOptions.parse(load_config(p)["OPTIMIZATION"]) for p in cfgs if "OPTIMIZATION" in load_config(p)
+    ]
+    assert len(parsed) >= 8 and all(o.GRAD_NORM_CLIP > 0 for o in parsed)

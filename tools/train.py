@@ -1,11 +1,11 @@
-"""Train an OpenPCDet detector; see `python tools/train.py --help` and README (reproduction guide)."""
+"""Train an OpenPCDet detector; see `python tools/train.py --help` and docs/GETTING_STARTED.md."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from pcdet_gciou.training.cli import train_main  # noqa: E402
+from pcdet_gciou.openpcdet.app import run_tool, train_main  # noqa: E402
 
 if __name__ == "__main__":
-    train_main()
+    sys.exit(run_tool(train_main))

@@ -17,7 +17,10 @@ import pathlib
 from pathlib import Path
 from typing import Mapping, Sequence
 
-__all__ = ["KITTI_SPLIT_FOLDERS", "check_kitti_layout", "prepare_kitti"]
+__all__ = ["KITTI_CLASSES", "KITTI_SPLIT_FOLDERS", "check_kitti_layout", "prepare_kitti"]
+
+#: classes whose GT boxes go into the database when the config names none (a dataset config)
+KITTI_CLASSES = ("Car", "Pedestrian", "Cyclist")
 
 _TRAINING = {"velodyne": ".bin", "calib": ".txt", "label_2": ".txt", "image_2": ".png"}
 _TESTING = {"velodyne": ".bin", "calib": ".txt", "image_2": ".png"}
@@ -72,7 +75,7 @@ def prepare_kitti(
     dataset_cfg: Mapping,
     root: str | Path,
     *,
-    class_names: Sequence[str] = ("Car", "Pedestrian", "Cyclist"),
+    class_names: Sequence[str] = KITTI_CLASSES,
     workers: int = 4,
 ) -> list[Path]:
     """Check the layout and write infos + GT database into ``root`` with OpenPCDet's KITTI functions.

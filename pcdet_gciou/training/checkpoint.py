@@ -9,7 +9,8 @@ A checkpoint is one ``torch.save`` dict:
 ``global_iter``
     optimiser steps taken over the whole run (the next iteration has this 0-based index);
 ``rng_state``
-    python ``random``, numpy and torch CPU (and CUDA when present) generator states;
+    python ``random``, numpy and torch CPU (and CUDA when present) generator states
+    (:func:`~pcdet_gciou.training.rng.capture_rng_state`);
 ``config``
     the merged run config as plain dicts, so a resume can refuse a different config;
 ``version``
@@ -22,39 +23,47 @@ Files are written to a temporary file in the same directory, flushed and fsynced
 from __future__ import annotations
 
 import os
-import random
-import re
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 
+from .rundir import LATEST_CHECKPOINT, checkpoint_epoch, checkpoint_iteration
+
 __all__ = [
     "CHECKPOINT_VERSION",
+    "CheckpointError",
     "ConfigMismatchError",
+    "RESUME_IGNORED_KEYS",
     "atomic_torch_save",
-    "capture_rng_state",
     "checkpoint_epoch",
     "config_differences",
+    "find_resume_checkpoint",
+    "iter_new_checkpoints",
     "list_epoch_checkpoints",
+    "list_run_checkpoints",
     "load_checkpoint",
     "load_pretrained",
     "prune_checkpoints",
-    "restore_rng_state",
     "to_plain",
     "unwrap_model",
 ]
 
 CHECKPOINT_VERSION = 1
-_EPOCH_PATTERN = re.compile(r"^checkpoint_epoch_(\d+)\.pth$")
 
-#: config keys that may differ between a checkpoint and the run resuming it (paths, not the experiment).
-RESUME_IGNORED_KEYS = ("DATA_CONFIG.DATA_PATH", "ROOT_DIR", "LOCAL_RANK", "EXP_GROUP_PATH", "TAG")
+#: config keys that may differ between a checkpoint and the run resuming it: where the data lives (``--data_path``
+#: writes it), not what the experiment is.
+RESUME_IGNORED_KEYS = ("DATA_CONFIG.DATA_PATH",)
 
 
-class ConfigMismatchError(ValueError):
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: unreadable, corrupt, or not a training checkpoint."""
+
+
+class ConfigMismatchError(CheckpointError):
     """A checkpoint was written by a run with a different config."""
 
 
@@ -84,41 +93,39 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(
-    saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = RESUME_IGNORED_KEYS
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    ignore: Iterable[str] = RESUME_IGNORED_KEYS,
+    *,
+    sections: Iterable[str] | None = None,
 ) -> list[str]:
-    """Dotted keys whose values differ between two configs, as ``"KEY: saved=... current=..."`` lines.
+    """Dotted keys whose values differ between two configs, as ``"KEY: checkpoint=... current=..."`` lines.
+
+    Args:
+        saved, current: the checkpoint's and the current config.
+        ignore: dotted keys (and everything below them) never compared.
+        sections: when given, only these top-level keys are compared (e.g. the model and data sections, leaving
+            out run options such as ``OPTIMIZATION.BATCH_SIZE_PER_GPU``).
 
     Example:
         >>> config_differences({"A": {"B": 1}, "C": 2}, {"A": {"B": 3}, "C": 2})
         ['A.B: checkpoint=1 current=3']
+        >>> config_differences({"A": 1, "C": 2}, {"A": 1, "C": 5}, sections=["A"])
+        []
     """
     ignored = tuple(ignore)
+    kept = None if sections is None else set(sections)
     flat_saved, flat_current = _flatten(to_plain(saved)), _flatten(to_plain(current))
     lines = []
     for key in sorted(set(flat_saved) | set(flat_current)):
         if any(key == k or key.startswith(k + ".") for k in ignored):
             continue
+        if kept is not None and key.split(".")[0] not in kept:
+            continue
         old, new = flat_saved.get(key, "<missing>"), flat_current.get(key, "<missing>")
         if old != new:
             lines.append(f"{key}: checkpoint={old!r} current={new!r}")
     return lines
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Python, numpy and torch generator states (CUDA included when available)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`; a CUDA state is restored only when CUDA is available."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
@@ -139,41 +146,54 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def _torch_load(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # whatever torch.load raises, the file is unusable as a checkpoint
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"{what} {path} cannot be read ({type(exc).__name__}: {reason}); it is corrupt, truncated or not a "
+            f"torch checkpoint: delete it or pass another file"
+        ) from exc
+
+
 def load_checkpoint(path: str | os.PathLike, expected_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Load a checkpoint written by :class:`~pcdet_gciou.training.loop.Trainer` on CPU.
+    """Load a training checkpoint (ours, or OpenPCDet's: a dict with ``model_state``) on CPU.
 
     Args:
         path: the ``.pth`` file.
-        expected_config: when given, the run config that wants to resume; any difference from the config stored in
-            the checkpoint (outside :data:`RESUME_IGNORED_KEYS`) raises :class:`ConfigMismatchError` listing the keys.
+        expected_config: when given, the run config that wants to resume; the checkpoint must store its config, and
+            any difference (outside :data:`RESUME_IGNORED_KEYS`) raises :class:`ConfigMismatchError`.
+
+    Raises:
+        CheckpointError: missing, unreadable or corrupt file, or no ``model_state`` in it (one-line message).
+        ConfigMismatchError: a different config (one line naming the first differing keys).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = _torch_load(path, "checkpoint")
     if not isinstance(ckpt, dict) or "model_state" not in ckpt:
-        raise ValueError(f"{path} is not a training checkpoint (expected a dict with 'model_state')")
-    if expected_config is not None:
-        if "config" not in ckpt:
-            raise ConfigMismatchError(
-                f"{path} stores no config (not written by pcdet_gciou's train.py?), so it cannot "
-                f"be resumed; use --pretrained_model to load only its weights"
-            )
-        diffs = config_differences(ckpt["config"], expected_config)
-        if diffs:
-            raise ConfigMismatchError(
-                f"refusing to resume from {path}: it was written with a different config "
-                f"({len(diffs)} differing keys):\n  "
-                + "\n  ".join(diffs[:20])
-                + "\nUse a new --extra_tag for a new experiment, or --pretrained_model to load only the weights."
-            )
+        raise CheckpointError(
+            f"{path} is not a training checkpoint (it holds no 'model_state'); pass a .pth written by "
+            f"tools/train.py or OpenPCDet"
+        )
+    if expected_config is None:
+        return ckpt
+    if "config" not in ckpt:
+        raise ConfigMismatchError(
+            f"{path} stores no config (not written by pcdet_gciou's train.py?), so it cannot be resumed; "
+            f"use --pretrained_model to load only its weights"
+        )
+    diffs = config_differences(ckpt["config"], expected_config)
+    if diffs:
+        shown = "; ".join(diffs[:3]) + ("; ..." if len(diffs) > 3 else "")
+        raise ConfigMismatchError(
+            f"refusing to resume from {path}: it was written with a different config ({len(diffs)} differing "
+            f"keys: {shown}); use a new --extra_tag for a new experiment, or --pretrained_model to load only "
+            f"the weights"
+        )
     return ckpt
-
-
-def checkpoint_epoch(path: str | os.PathLike) -> int | None:
-    """The ``N`` of ``checkpoint_epoch_N.pth``, or None for any other file name."""
-    match = _EPOCH_PATTERN.match(Path(path).name)
-    return int(match.group(1)) if match else None
 
 
 def list_epoch_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
@@ -183,6 +203,58 @@ def list_epoch_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
         return []
     found = [p for p in ckpt_dir.iterdir() if checkpoint_epoch(p) is not None]
     return sorted(found, key=checkpoint_epoch)
+
+
+def list_run_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """The evaluable checkpoints of a run: ``checkpoint_epoch_N.pth`` by ``N``, then ``checkpoint_iter_K.pth`` by
+    ``K`` (runs ended by ``--max_iters``). ``latest_model.pth`` is a resume point only and is not listed."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    iters = sorted((p for p in ckpt_dir.iterdir() if checkpoint_iteration(p) is not None), key=checkpoint_iteration)
+    return list_epoch_checkpoints(ckpt_dir) + iters
+
+
+def find_resume_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    """The newest (by modification time) of the run's checkpoints and ``latest_model.pth``, or None."""
+    ckpt_dir = Path(ckpt_dir)
+    candidates = list_run_checkpoints(ckpt_dir)
+    if (ckpt_dir / LATEST_CHECKPOINT).is_file():
+        candidates.append(ckpt_dir / LATEST_CHECKPOINT)
+    return max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
+
+
+def iter_new_checkpoints(
+    ckpt_dir: Path,
+    already_done: Callable[[], set[str]],
+    *,
+    wait: bool,
+    max_waiting_s: float,
+    poll_s: float,
+    on_idle: Callable[[], None] = lambda: None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Path]:
+    """Yield the :func:`list_run_checkpoints` of ``ckpt_dir`` whose names ``already_done()`` lacks, in order.
+
+    Without ``wait`` one pass is made. With ``wait`` the folder is polled every ``poll_s`` seconds until
+    ``max_waiting_s`` pass without a new checkpoint (checkpoints are written atomically, so a listed file is
+    complete).
+    """
+    last_new = clock()
+    yielded: set[str] = set()
+    while True:
+        done = already_done() | yielded
+        pending = [p for p in list_run_checkpoints(ckpt_dir) if p.name not in done]
+        for path in pending:
+            yield path
+            yielded.add(path.name)
+            last_new = clock()
+        if not wait or clock() - last_new > max_waiting_s:
+            return
+        if not pending:
+            on_idle()
+            sleep(poll_s)
 
 
 def prune_checkpoints(ckpt_dir: str | os.PathLike, keep: int) -> list[Path]:
@@ -204,12 +276,10 @@ def load_pretrained(model: torch.nn.Module, path: str | os.PathLike) -> tuple[li
         ``(loaded_keys, skipped_keys)`` where skipped lists model keys left at their initial values.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained model not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = _torch_load(path, "pretrained model")
     weights = ckpt.get("model_state", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(weights, Mapping):
-        raise ValueError(f"{path} holds no state dict (expected a dict, optionally under 'model_state')")
+        raise CheckpointError(f"{path} holds no state dict (expected a dict, optionally under 'model_state')")
     target = unwrap_model(model)
     own = target.state_dict()
     matched = {k: v for k, v in weights.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}

@@ -15,12 +15,13 @@ strided by rank exactly like ``torch.utils.data.DistributedSampler``.
 from __future__ import annotations
 
 import math
-import random
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from .rng import seeded
 
 __all__ = ["ResumableSampler", "SeededSampleDataset", "make_epoch_loader", "sample_seed"]
 
@@ -115,19 +116,10 @@ class SeededSampleDataset(Dataset):
         if not (isinstance(key, tuple) and len(key) == 2):
             raise TypeError(f"SeededSampleDataset expects (epoch, index) keys from ResumableSampler, got {key!r}")
         epoch, index = key
-        seed = sample_seed(self.seed, epoch, index)
         # Seed for this item only, then put the caller's generators back: with workers=0 the loader runs in the
         # training process, whose RNG streams (dropout, ...) must not depend on data loading.
-        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        try:
+        with seeded(sample_seed(self.seed, epoch, index)):
             return self.dataset[index]
-        finally:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
-            torch.set_rng_state(saved[2])
 
     def __getattr__(self, name: str):
         if name in ("dataset", "seed"):

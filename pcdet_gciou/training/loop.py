@@ -1,4 +1,4 @@
-"""Model-agnostic training loop with exact resume (no OpenPCDet import).
+"""Model-agnostic training loop with exact resume and safe interrupts (no OpenPCDet import).
 
 The detector-specific parts come in as callables: ``train_step(model, batch) -> (loss, scalars)`` runs the forward
 pass and returns the scalar loss plus a dict of floats to log (OpenPCDet's ``tb_dict``), and
@@ -7,12 +7,19 @@ pass and returns the scalar loss plus a dict of floats to log (OpenPCDet's ``tb_
 One iteration: ``zero_grad -> train_step -> backward -> clip_grad_norm_(GRAD_NORM_CLIP) -> optimizer.step ->
 scheduler.step``; the LR logged for step ``s`` is the LR that step ``s`` trained with. A checkpoint taken after ``k``
 steps resumes at step ``k + 1`` with the same LR, optimiser moments, RNG states and sample order.
+
+Checkpoints (names from :mod:`pcdet_gciou.training.rundir`): ``checkpoint_epoch_N.pth`` after epoch ``N``;
+``checkpoint_iter_K.pth`` when ``max_iters = K`` ends the run at an iteration without an epoch checkpoint;
+``latest_model.pth`` at timed saves and on SIGINT/SIGTERM, after which :meth:`Trainer.fit` raises
+:class:`TrainingInterrupted`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,23 +32,23 @@ from .checkpoint import (
     CHECKPOINT_VERSION,
     ConfigMismatchError,
     atomic_torch_save,
-    capture_rng_state,
     config_differences,
     load_checkpoint,
     prune_checkpoints,
-    restore_rng_state,
     to_plain,
     unwrap_model,
 )
 from .logs import MetricsLogger
+from .options import RunOptions
+from .rng import capture_rng_state, restore_rng_state
+from .rundir import LATEST_CHECKPOINT
 
-__all__ = ["TrainState", "Trainer", "LATEST_CHECKPOINT"]
-
-LATEST_CHECKPOINT = "latest_model.pth"
+__all__ = ["TrainState", "Trainer", "TrainingInterrupted", "LATEST_CHECKPOINT"]
 
 TrainStep = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, Mapping[str, float]]"]
 LoaderForEpoch = Callable[[int, int], Iterable]
 EvalHook = Callable[[int, Path], None]
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -50,6 +57,38 @@ class TrainState:
 
     epoch: int = 0
     global_iter: int = 0
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT/SIGTERM stopped training after a complete step; ``checkpoint`` holds that iteration."""
+
+    def __init__(self, signal_name: str, checkpoint: Path, global_iter: int):
+        super().__init__(f"training interrupted by {signal_name} at iteration {global_iter}; saved {checkpoint}")
+        self.signal_name, self.checkpoint, self.global_iter = signal_name, checkpoint, global_iter
+
+
+class _SignalGuard:
+    """While active (main thread only), SIGINT/SIGTERM set :attr:`received` instead of killing the step;
+    a second signal raises KeyboardInterrupt at once."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> _SignalGuard:
+        if self.enabled:
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in _SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _is_distributed() -> bool:
@@ -66,21 +105,16 @@ class Trainer:
         loader_for_epoch: ``(epoch, skip_batches) -> iterable of batches`` for 0-based ``epoch``.
         iters_per_epoch: batches per epoch (per process).
         total_epochs: epochs of the full run (the schedule is built for ``total_epochs * iters_per_epoch``).
-        ckpt_dir: where ``checkpoint_epoch_<N>.pth`` and ``latest_model.pth`` go.
+        ckpt_dir: where the checkpoints go.
         config: the merged run config, stored in every checkpoint and compared on resume.
-        grad_norm_clip: max total grad norm (``OPTIMIZATION.GRAD_NORM_CLIP``); ``<= 0`` disables clipping (the
-            norm is still logged).
+        grad_norm_clip: max total grad norm (``OptimizationOptions.GRAD_NORM_CLIP``); ``<= 0`` disables clipping
+            (the norm is still logged).
+        options: checkpoint cadence, ``max_iters``, evaluation cadence, progress bar, signal handling.
         metrics: logger for ``train/*`` scalars (rank 0 only; None elsewhere).
-        ckpt_save_interval: save ``checkpoint_epoch_N`` every this many epochs (and always after the last).
-        max_ckpt_save_num: keep at most this many epoch checkpoints.
-        max_iters: stop after this many steps *of the whole run* (a smoke-test knob; the LR schedule still spans
-            ``total_epochs``), writing ``latest_model.pth`` so a later run with a larger ``max_iters`` continues.
-        ckpt_save_time_interval: also write ``latest_model.pth`` every this many seconds (0 disables).
-        eval_hook, eval_interval: call ``eval_hook(epoch, ckpt_path)`` on rank 0 after every ``eval_interval``-th
-            epoch checkpoint (0 disables).
+        eval_hook: ``eval_hook(epoch, ckpt_path)``, called on rank 0 after every ``options.eval_interval``-th epoch
+            checkpoint and after the run's last checkpoint.
         rank: process rank; only rank 0 writes files and shows the progress bar.
         logger: text logger.
-        progress: show a tqdm bar (total iterations, ETA) on rank 0.
         extra_state: small picklable dict stored under ``"extra"`` in every checkpoint (e.g. the data seed).
     """
 
@@ -96,42 +130,30 @@ class Trainer:
         total_epochs: int,
         ckpt_dir: str | Path,
         config: Mapping[str, Any],
-        grad_norm_clip: float = 10.0,
+        grad_norm_clip: float,
+        options: RunOptions | None = None,
         metrics: MetricsLogger | None = None,
-        ckpt_save_interval: int = 1,
-        max_ckpt_save_num: int = 30,
-        max_iters: int | None = None,
-        ckpt_save_time_interval: float = 300.0,
         eval_hook: EvalHook | None = None,
-        eval_interval: int = 0,
         rank: int = 0,
         logger: logging.Logger | None = None,
-        progress: bool = True,
         extra_state: Mapping[str, Any] | None = None,
     ):
         if iters_per_epoch < 1 or total_epochs < 1:
             raise ValueError(f"iters_per_epoch and total_epochs must be >= 1, got {iters_per_epoch}, {total_epochs}")
-        if ckpt_save_interval < 1:
-            raise ValueError(f"ckpt_save_interval must be >= 1, got {ckpt_save_interval}")
-        if max_iters is not None and max_iters < 1:
-            raise ValueError(f"max_iters must be >= 1 or None, got {max_iters}")
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.train_step, self.loader_for_epoch = train_step, loader_for_epoch
         self.iters_per_epoch, self.total_epochs = iters_per_epoch, total_epochs
         self.ckpt_dir = Path(ckpt_dir)
         self.config = to_plain(config)
         self.grad_norm_clip = float(grad_norm_clip)
-        self.metrics = metrics
-        self.ckpt_save_interval, self.max_ckpt_save_num = ckpt_save_interval, max_ckpt_save_num
-        self.max_iters = max_iters
-        self.ckpt_save_time_interval = ckpt_save_time_interval
-        self.eval_hook, self.eval_interval = eval_hook, eval_interval
-        self.rank = rank
+        self.options = options or RunOptions()
+        self.metrics, self.eval_hook, self.rank = metrics, eval_hook, rank
         self.logger = logger or logging.getLogger("pcdet_gciou")
-        self.progress = progress
         self.extra_state = dict(extra_state or {})
         self.state = TrainState()
-        self._saved_at_iter: int | None = None
+        self._saved: tuple[int, Path] | None = None  # (iteration, file) of the newest checkpoint
+        self._evaluated_iter: int | None = None
+        self._guard = _SignalGuard(False)
 
     @property
     def total_iters(self) -> int:
@@ -153,12 +175,13 @@ class Trainer:
             "extra": self.extra_state,
         }
 
-    def save(self, name: str) -> Path | None:
-        """Write ``ckpt_dir/name`` atomically (rank 0 only)."""
-        self._saved_at_iter = self.state.global_iter
-        if self.rank != 0:
-            return None
-        return atomic_torch_save(self.state_dict(), self.ckpt_dir / name)
+    def save(self, name: str) -> Path:
+        """Write ``ckpt_dir/name`` atomically (rank 0 only; every rank returns the path)."""
+        path = self.ckpt_dir / name
+        self._saved = (self.state.global_iter, path)
+        if self.rank == 0:
+            atomic_torch_save(self.state_dict(), path)
+        return path
 
     def resume(self, checkpoint: str | Path | Mapping[str, Any], source: str | Path | None = None) -> TrainState:
         """Restore everything from a checkpoint (a path, or a dict from :func:`load_checkpoint`) of the same config.
@@ -168,14 +191,14 @@ class Trainer:
             ValueError: the checkpoint has another number of iterations per epoch.
         """
         if isinstance(checkpoint, Mapping):
-            ckpt, path = checkpoint, source or "<checkpoint dict>"
+            ckpt, path = checkpoint, Path(source or "<checkpoint dict>")
             diffs = config_differences(ckpt.get("config", {}), self.config)
             if diffs:
-                raise ConfigMismatchError(f"refusing to resume from {path}: different config:\n  " + "\n  ".join(diffs))
+                raise ConfigMismatchError(f"refusing to resume from {path}: different config: " + "; ".join(diffs))
         else:
-            ckpt, path = load_checkpoint(checkpoint, expected_config=self.config), checkpoint
+            ckpt, path = load_checkpoint(checkpoint, expected_config=self.config), Path(checkpoint)
         if ckpt.get("iters_per_epoch", self.iters_per_epoch) != self.iters_per_epoch:
-            raise ValueError(
+            raise ConfigMismatchError(
                 f"{path} was written with {ckpt['iters_per_epoch']} iterations per epoch, this run has "
                 f"{self.iters_per_epoch} (different batch size, GPU count or dataset): cannot resume exactly"
             )
@@ -184,7 +207,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler_state"])
         restore_rng_state(ckpt["rng_state"])
         self.state = TrainState(epoch=int(ckpt["epoch"]), global_iter=int(ckpt["global_iter"]))
-        self._saved_at_iter = self.state.global_iter
+        self._saved = (self.state.global_iter, path)
         self.logger.info(
             f"resumed from {path}: epoch {self.state.epoch}, iteration {self.state.global_iter}, "
             f"next LR {self.optimizer.param_groups[0]['lr']:.6g}"
@@ -214,83 +237,129 @@ class Trainer:
         logged.update({f"train/{k}": float(v) for k, v in scalars.items()})
         return logged
 
-    def _stop_requested(self) -> bool:
-        return self.max_iters is not None and self.state.global_iter >= self.max_iters
+    def _max_iters_reached(self) -> bool:
+        return self.options.max_iters is not None and self.state.global_iter >= self.options.max_iters
+
+    def _interrupted(self) -> bool:
+        """Whether a signal arrived, agreed over all ranks (each must stop after the same step)."""
+        flag = self._guard.received is not None
+        if _is_distributed():
+            device = next(unwrap_model(self.model).parameters()).device
+            shared = torch.tensor([int(flag)], device=device)
+            torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)
+            flag = bool(shared.item())
+        if flag and self._guard.received is None:  # another rank got the signal: stop here too
+            self._guard.received = signal.SIGTERM
+        return flag
 
     def fit(self) -> TrainState:
-        """Train from the current state to ``total_epochs`` (or ``max_iters``); returns the final state."""
-        target = self.total_iters if self.max_iters is None else min(self.max_iters, self.total_iters)
+        """Train from the current state to ``total_epochs`` (or ``options.max_iters``); returns the final state.
+
+        Raises:
+            TrainingInterrupted: after SIGINT/SIGTERM, once the current step is done and ``latest_model.pth`` (or
+                the epoch checkpoint of that very iteration) is written.
+        """
+        target = self.total_iters if self.options.max_iters is None else min(self.options.max_iters, self.total_iters)
         bar = None
-        if self.rank == 0 and self.progress:
-            bar = tqdm.tqdm(
-                total=target,
-                initial=min(self.state.global_iter, target),
-                desc="train",
-                dynamic_ncols=True,
-                smoothing=0.1,
-            )
-        last_time_save = time.monotonic()
+        if self.rank == 0 and self.options.progress:
+            bar = tqdm.tqdm(total=target, initial=min(self.state.global_iter, target), desc="train", dynamic_ncols=True)
         try:
-            while self.state.epoch < self.total_epochs and not self._stop_requested():
-                epoch = self.state.epoch
-                done_in_epoch = self.state.global_iter - epoch * self.iters_per_epoch
-                if not 0 <= done_in_epoch <= self.iters_per_epoch:
-                    raise ValueError(
-                        f"inconsistent state: iteration {self.state.global_iter} in epoch {epoch} "
-                        f"with {self.iters_per_epoch} iterations per epoch"
-                    )
-                for batch in self.loader_for_epoch(epoch, done_in_epoch):
-                    if self.state.global_iter >= (epoch + 1) * self.iters_per_epoch:
+            with _SignalGuard(self.options.handle_signals) as self._guard:
+                while self.state.epoch < self.total_epochs and not self._max_iters_reached():
+                    if self._interrupted() or not self._run_epoch(bar):
                         break
-                    logged = self._one_step(batch)
-                    if self.metrics is not None:
-                        self.metrics.log(self.state.global_iter, epoch + 1, logged)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(
-                            epoch=f"{epoch + 1}/{self.total_epochs}",
-                            loss=f"{logged['train/loss']:.4g}",
-                            lr=f"{logged['train/lr']:.3g}",
-                        )
-                    if self._stop_requested():
-                        break
-                    if (
-                        self.ckpt_save_time_interval > 0
-                        and time.monotonic() - last_time_save >= self.ckpt_save_time_interval
-                    ):
-                        self.save(LATEST_CHECKPOINT)
-                        last_time_save = time.monotonic()
-                if self.state.global_iter < (epoch + 1) * self.iters_per_epoch:
-                    if not self._stop_requested():
-                        raise RuntimeError(
-                            f"the loader of epoch {epoch + 1} ended after {self.state.global_iter - epoch * self.iters_per_epoch}"
-                            f" batches, expected {self.iters_per_epoch}"
-                        )
-                    break
-                self.state.epoch = epoch + 1
-                self._end_of_epoch()
-            if self._saved_at_iter != self.state.global_iter:
-                path = self.save(LATEST_CHECKPOINT)
-                if path is not None:
-                    self.logger.info(f"stopped at iteration {self.state.global_iter}; resume with --ckpt {path}")
+                self._finish()
         finally:
             if bar is not None:
                 bar.close()
+            self._guard = _SignalGuard(False)
         return self.state
+
+    def _batches(self, epoch: int, skip: int):
+        """The epoch's remaining batches; a loader that fails after a signal (its workers got SIGINT too) ends."""
+        iterator = iter(self.loader_for_epoch(epoch, skip))
+        while True:
+            try:
+                yield next(iterator)
+            except StopIteration:
+                return
+            except Exception:
+                if self._guard.received is None:
+                    raise
+                return
+
+    def _run_epoch(self, bar) -> bool:
+        """Train the rest of the current epoch; False when stopped early (signal or ``max_iters``)."""
+        epoch = self.state.epoch
+        done_in_epoch = self.state.global_iter - epoch * self.iters_per_epoch
+        if not 0 <= done_in_epoch <= self.iters_per_epoch:
+            raise ValueError(
+                f"inconsistent state: iteration {self.state.global_iter} in epoch {epoch} "
+                f"with {self.iters_per_epoch} iterations per epoch"
+            )
+        last_time_save = time.monotonic()
+        interval = self.options.ckpt_save_time_interval
+        for batch in self._batches(epoch, done_in_epoch):
+            if self.state.global_iter >= (epoch + 1) * self.iters_per_epoch:
+                break
+            logged = self._one_step(batch)
+            if self.metrics is not None:
+                self.metrics.log(self.state.global_iter, epoch + 1, logged)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=f"{epoch + 1}/{self.total_epochs}", loss=f"{logged['train/loss']:.4g}")
+            if self._interrupted() or self._max_iters_reached():
+                break
+            if interval > 0 and time.monotonic() - last_time_save >= interval:
+                self.save(LATEST_CHECKPOINT)
+                last_time_save = time.monotonic()
+        done = self.state.global_iter - epoch * self.iters_per_epoch
+        stopping = self._guard.received is not None or self._max_iters_reached()
+        if done < self.iters_per_epoch:
+            if stopping:
+                return False
+            raise RuntimeError(
+                f"the loader of epoch {epoch + 1} ended after {done} batches, expected {self.iters_per_epoch}"
+            )
+        self.state.epoch = epoch + 1
+        self._end_of_epoch()
+        return not stopping
+
+    def _finish(self) -> None:
+        """After the loop: checkpoint (and evaluate) where ``max_iters`` ended the run; raise on a signal."""
+        at_this_iter = self._saved is not None and self._saved[0] == self.state.global_iter
+        if self._guard.received is not None:
+            path = self._saved[1] if at_this_iter else self.save(LATEST_CHECKPOINT)
+            raise TrainingInterrupted(signal.Signals(self._guard.received).name, path, self.state.global_iter)
+        if not self._max_iters_reached() or self.state.global_iter == 0:
+            return
+        path = self._saved[1] if at_this_iter else self.save(f"checkpoint_iter_{self.state.global_iter}.pth")
+        if not at_this_iter and self.rank == 0:
+            (self.ckpt_dir / LATEST_CHECKPOINT).unlink(missing_ok=True)
+            self.logger.info(f"max_iters reached: saved {path}; a larger --max_iters continues from it")
+        epoch_of_step = math.ceil(self.state.global_iter / self.iters_per_epoch)
+        if self._evaluated_iter != self.state.global_iter:
+            self._evaluate(epoch_of_step, path)
+
+    def _evaluate(self, epoch: int, path: Path) -> None:
+        if self.eval_hook is None or self.options.eval_interval <= 0:
+            return
+        if self.rank == 0:
+            self.eval_hook(epoch, path)
+        self._evaluated_iter = self.state.global_iter
+        if _is_distributed():
+            torch.distributed.barrier()
 
     def _end_of_epoch(self) -> None:
         epoch = self.state.epoch
         last = epoch == self.total_epochs
-        if epoch % self.ckpt_save_interval != 0 and not last:
+        if epoch % self.options.ckpt_save_interval != 0 and not last:
             return
         path = self.save(f"checkpoint_epoch_{epoch}.pth")
-        if path is not None:
+        if self.rank == 0:
             # The epoch checkpoint supersedes any mid-epoch one.
             (self.ckpt_dir / LATEST_CHECKPOINT).unlink(missing_ok=True)
-            deleted = prune_checkpoints(self.ckpt_dir, self.max_ckpt_save_num)
+            deleted = prune_checkpoints(self.ckpt_dir, self.options.max_ckpt_save_num)
             self.logger.info(f"saved {path}" + (f"; pruned {[p.name for p in deleted]}" if deleted else ""))
-        if self.eval_hook is not None and self.eval_interval > 0 and (epoch % self.eval_interval == 0 or last):
-            if self.rank == 0:
-                self.eval_hook(epoch, self.ckpt_dir / f"checkpoint_epoch_{epoch}.pth")
-            if _is_distributed():
-                torch.distributed.barrier()
+        if last or epoch % max(self.options.eval_interval, 1) == 0:
+            self._evaluate(epoch, path)

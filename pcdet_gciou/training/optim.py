@@ -5,7 +5,8 @@ torch parts. The schedules are *per iteration*: the scheduler is stepped once af
 iteration ``i`` (0-based, counted over the whole run) trains with ``lr(i)``, exactly as in OpenPCDet, where
 ``lr_scheduler.step(accumulated_iter)`` runs before iteration ``accumulated_iter``.
 
-Supported ``OPTIMIZATION.OPTIMIZER`` values:
+The section is read through :class:`~pcdet_gciou.training.options.OptimizationOptions`, whose fields hold the
+defaults. Supported ``OPTIMIZATION.OPTIMIZER`` values:
 
 ``adam_onecycle``
     OpenPCDet wraps ``torch.optim.Adam`` (betas ``BETAS``, default (0.9, 0.99)) in fastai's ``OptimWrapper`` with
@@ -38,45 +39,33 @@ from typing import Any, Mapping
 
 import torch
 
+from .options import OPTIMIZERS, OptimizationOptions
+
 __all__ = ["build_optimizer", "build_scheduler", "onecycle_reference_lr", "OPTIMIZERS"]
 
-OPTIMIZERS = ("adam_onecycle", "adam", "sgd")
 
-
-def _require(optim_cfg: Mapping[str, Any], key: str) -> Any:
-    if key not in optim_cfg:
-        raise ValueError(f"OPTIMIZATION.{key} is required for OPTIMIZER={optim_cfg.get('OPTIMIZER')!r}")
-    return optim_cfg[key]
-
-
-def build_optimizer(model: torch.nn.Module, optim_cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """Build the optimiser named by ``optim_cfg["OPTIMIZER"]`` over the trainable parameters of ``model``.
+def build_optimizer(
+    model: torch.nn.Module, optim_cfg: Mapping[str, Any] | OptimizationOptions
+) -> torch.optim.Optimizer:
+    """Build the optimiser named by ``OPTIMIZER`` over the trainable parameters of ``model``.
 
     Args:
         model: the network (unwrapped or DDP-wrapped).
-        optim_cfg: the ``OPTIMIZATION`` config section (``OPTIMIZER``, ``LR``, ``WEIGHT_DECAY``, ...).
+        optim_cfg: the ``OPTIMIZATION`` section, raw or parsed (:class:`OptimizationOptions`).
 
     Example:
         >>> opt = build_optimizer(torch.nn.Linear(2, 1), {"OPTIMIZER": "adam_onecycle", "LR": 0.003,
-        ...                                               "WEIGHT_DECAY": 0.01, "MOMS": [0.95, 0.85]})
+        ...                       "WEIGHT_DECAY": 0.01, "BATCH_SIZE_PER_GPU": 4, "NUM_EPOCHS": 80})
         >>> type(opt).__name__
         'AdamW'
     """
-    name = optim_cfg.get("OPTIMIZER")
+    opts = OptimizationOptions.parse(optim_cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = float(_require(optim_cfg, "LR"))
-    weight_decay = float(optim_cfg.get("WEIGHT_DECAY", 0.0))
-    if name == "adam_onecycle":
-        betas = tuple(float(b) for b in optim_cfg.get("BETAS", (0.9, 0.99)))
-        if len(betas) != 2:
-            raise ValueError(f"OPTIMIZATION.BETAS must hold two values, got {optim_cfg.get('BETAS')!r}")
-        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        momentum = float(_require(optim_cfg, "MOMENTUM"))
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum)
-    raise ValueError(f"OPTIMIZATION.OPTIMIZER must be one of {OPTIMIZERS}, got {name!r}")
+    if opts.OPTIMIZER == "adam_onecycle":
+        return torch.optim.AdamW(params, lr=opts.LR, betas=opts.BETAS, weight_decay=opts.WEIGHT_DECAY)
+    if opts.OPTIMIZER == "adam":
+        return torch.optim.Adam(params, lr=opts.LR, weight_decay=opts.WEIGHT_DECAY)
+    return torch.optim.SGD(params, lr=opts.LR, weight_decay=opts.WEIGHT_DECAY, momentum=float(opts.MOMENTUM))
 
 
 def _onecycle_split(total_iters: int, pct_start: float) -> int:
@@ -101,22 +90,17 @@ def onecycle_reference_lr(step: int, total_iters: int, lr_max: float, div_factor
     return anneal(lr_max, low / 1e4, (step - split) / (total_iters - split))
 
 
-def _step_decay_lambda(optim_cfg: Mapping[str, Any], iters_per_epoch: int):
-    lr = float(_require(optim_cfg, "LR"))
-    decay = float(_require(optim_cfg, "LR_DECAY"))
-    clip = float(optim_cfg.get("LR_CLIP", 0.0))
-    decay_iters = [int(e) * iters_per_epoch for e in _require(optim_cfg, "DECAY_STEP_LIST")]
-    warmup_iters = 0
-    if optim_cfg.get("LR_WARMUP", False):
-        warmup_iters = int(float(_require(optim_cfg, "WARMUP_EPOCH")) * iters_per_epoch)
-    warmup_floor = 1.0 / float(optim_cfg.get("DIV_FACTOR", 10.0))
+def _step_decay_lambda(opts: OptimizationOptions, iters_per_epoch: int):
+    decay_iters = [epoch * iters_per_epoch for epoch in opts.DECAY_STEP_LIST]
+    warmup_iters = int(opts.WARMUP_EPOCH * iters_per_epoch) if opts.LR_WARMUP else 0
+    warmup_floor = 1.0 / opts.DIV_FACTOR
 
     def factor(it: int) -> float:
         scale = 1.0
         for boundary in decay_iters:
             if it >= boundary:
-                scale *= decay
-        scale = max(scale, clip / lr)
+                scale *= opts.LR_DECAY
+        scale = max(scale, opts.LR_CLIP / opts.LR)
         if it < warmup_iters:
             rise = (1 - math.cos(math.pi * it / warmup_iters)) / 2
             scale = warmup_floor + (scale - warmup_floor) * rise
@@ -127,7 +111,7 @@ def _step_decay_lambda(optim_cfg: Mapping[str, Any], iters_per_epoch: int):
 
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
-    optim_cfg: Mapping[str, Any],
+    optim_cfg: Mapping[str, Any] | OptimizationOptions,
     *,
     total_iters: int,
     iters_per_epoch: int,
@@ -136,43 +120,33 @@ def build_scheduler(
 
     Args:
         optimizer: from :func:`build_optimizer` with the same ``optim_cfg``.
-        optim_cfg: the ``OPTIMIZATION`` config section.
+        optim_cfg: the ``OPTIMIZATION`` section, raw or parsed.
         total_iters: iterations in the whole run (``epochs * iters_per_epoch``).
         iters_per_epoch: iterations per epoch, converts epoch-based settings to iterations.
 
     Example:
         >>> model = torch.nn.Linear(2, 1)
-        >>> cfg = {"OPTIMIZER": "adam_onecycle", "LR": 0.003, "WEIGHT_DECAY": 0.01, "MOMS": [0.95, 0.85],
-        ...        "DIV_FACTOR": 10, "PCT_START": 0.4}
+        >>> cfg = {"OPTIMIZER": "adam_onecycle", "LR": 0.003, "WEIGHT_DECAY": 0.01, "BATCH_SIZE_PER_GPU": 4,
+        ...        "NUM_EPOCHS": 10}
         >>> sched = build_scheduler(build_optimizer(model, cfg), cfg, total_iters=100, iters_per_epoch=10)
         >>> round(sched.get_last_lr()[0], 8)
         0.0003
     """
     if total_iters < 1 or iters_per_epoch < 1:
         raise ValueError(f"total_iters and iters_per_epoch must be >= 1, got {total_iters} and {iters_per_epoch}")
-    name = optim_cfg.get("OPTIMIZER")
-    if name == "adam_onecycle":
-        lr = float(_require(optim_cfg, "LR"))
-        moms = [float(m) for m in _require(optim_cfg, "MOMS")]
-        div_factor = float(optim_cfg.get("DIV_FACTOR", 10.0))
-        pct_start = float(optim_cfg.get("PCT_START", 0.4))
-        if len(moms) != 2:
-            raise ValueError(f"OPTIMIZATION.MOMS must hold two values (max, base), got {moms!r}")
-        if not 0.0 < pct_start < 1.0:
-            raise ValueError(f"OPTIMIZATION.PCT_START must lie in (0, 1), got {pct_start}")
-        split = _onecycle_split(total_iters, pct_start)
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=lr,
-            total_steps=total_iters + 1,
-            pct_start=(split + 1) / (total_iters + 1),
-            anneal_strategy="cos",
-            cycle_momentum=True,
-            base_momentum=moms[1],
-            max_momentum=moms[0],
-            div_factor=div_factor,
-            final_div_factor=1e4,
-        )
-    if name in ("adam", "sgd"):
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, _step_decay_lambda(optim_cfg, iters_per_epoch))
-    raise ValueError(f"OPTIMIZATION.OPTIMIZER must be one of {OPTIMIZERS}, got {name!r}")
+    opts = OptimizationOptions.parse(optim_cfg)
+    if opts.OPTIMIZER != "adam_onecycle":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, _step_decay_lambda(opts, iters_per_epoch))
+    split = _onecycle_split(total_iters, opts.PCT_START)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=opts.LR,
+        total_steps=total_iters + 1,
+        pct_start=(split + 1) / (total_iters + 1),
+        anneal_strategy="cos",
+        cycle_momentum=True,
+        base_momentum=opts.MOMS[1],
+        max_momentum=opts.MOMS[0],
+        div_factor=opts.DIV_FACTOR,
+        final_div_factor=1e4,
+    )
