@@ -88,36 +88,30 @@ def test_python_helper_refuses_cuda_without_cuda(capsys):
 
 
 class _Head(torch.nn.Module):
-    """The two things BoxLossTimer uses of a dense head: get_box_reg_layer_loss and forward_ret_dict."""
+    """What box_loss_seconds uses of a dense head: forward_ret_dict and get_box_reg_layer_loss reading from it."""
 
     def __init__(self):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.ones(3))
-        self.forward_ret_dict = {}
-        self.calls = 0
+        self.forward_ret_dict = {"box_preds": self.weight * 2.0, "box_reg_targets": torch.zeros(3)}
+        self.grads_seen = []
 
     def get_box_reg_layer_loss(self):
-        self.calls += 1
-        box_preds = self.weight * 2.0
-        self.forward_ret_dict["box_preds"] = box_preds
-        return box_preds.square().sum(), {"rpn_loss_loc": 1.0}
+        box_preds = self.forward_ret_dict["box_preds"]
+        box_preds.register_hook(self.grads_seen.append)
+        loss = (box_preds - self.forward_ret_dict["box_reg_targets"]).square().sum()
+        return loss, {"rpn_loss_loc": float(loss)}
 
 
-def test_box_loss_timer_times_forward_and_backward_and_unwraps():
+def test_box_loss_seconds_reruns_forward_and_backward_alone_and_restores_the_head():
     head = _Head()
-    timer = gpu_check.BoxLossTimer(head, torch.device("cpu"))
-    loss, tb_dict = head.get_box_reg_layer_loss()
-    assert head.calls == 1 and tb_dict == {"rpn_loss_loc": 1.0}
-    assert timer.forward_s > 0 and timer.backward_s == 0
-    loss.backward()
-    assert timer.backward_s > 0
-    torch.testing.assert_close(head.weight.grad, torch.full((3,), 8.0))  # d/dw (2w)^2 = 8w: the wrapper is neutral
-    timer.reset()
-    assert timer.forward_s == timer.backward_s == 0
-    timer.remove()
-    assert "get_box_reg_layer_loss" not in head.__dict__
-    head.get_box_reg_layer_loss()
-    assert timer.forward_s == 0  # unwrapped: no longer timed
+    before = dict(head.forward_ret_dict)
+    forward_s, backward_s = gpu_check.box_loss_seconds(head, torch.device("cpu"))
+    assert forward_s > 0 and backward_s > 0
+    assert len(head.grads_seen) == 1  # the backward did reach the head output ...
+    torch.testing.assert_close(head.grads_seen[0], torch.full((3,), 4.0))  # d/dp p^2 at p = 2
+    assert head.weight.grad is None  # ... and stopped there: the model's gradients are untouched
+    assert all(head.forward_ret_dict[key] is value for key, value in before.items())
 
 
 @pytest.mark.pcdet

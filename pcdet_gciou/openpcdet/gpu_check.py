@@ -8,9 +8,9 @@ at a constant learning rate; the first ``--warmup`` steps (cuDNN autotuning, all
 What is timed, with the device synchronised around each interval:
 
 - **step**: from the batch being moved to the device to the end of the optimizer step (data loading excluded);
-- **box loss**: the dense head's ``get_box_reg_layer_loss`` (box regression + direction terms), forward plus the
-  backward from its output to the head's ``box_preds``, found with tensor hooks. The synchronisations add a little
-  to the step time they are part of;
+- **box loss**: after each step, the dense head's ``get_box_reg_layer_loss`` (box regression + direction terms) is
+  re-run alone on that step's head outputs, forward and backward to those outputs (:func:`box_loss_seconds`); its
+  share is that time over the step time (the step itself ran the same computation once);
 - **peak memory**: ``torch.cuda.max_memory_allocated`` over the timed steps (CUDA only).
 """
 
@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["BoxLossTimer", "measure", "main"]
+__all__ = ["box_loss_seconds", "measure", "main", "summary_line"]
 
 
 def _sync(device: torch.device) -> None:
@@ -35,52 +35,35 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class BoxLossTimer:
-    """Wraps ``head.get_box_reg_layer_loss`` (an instance attribute shadowing the method) to time it.
+def box_loss_seconds(head: torch.nn.Module, device: torch.device) -> tuple[float, float]:
+    """``(forward, backward)`` seconds of ``head.get_box_reg_layer_loss`` re-run alone on the last training forward.
 
-    ``forward_s`` / ``backward_s`` accumulate seconds; :meth:`reset` zeroes them, :meth:`remove` unwraps.
+    The head's differentiable outputs in ``forward_ret_dict`` are swapped for detached copies for the duration, so
+    the backward runs from the box loss to those outputs only; the dict is restored afterwards.
     """
-
-    def __init__(self, head: torch.nn.Module, device: torch.device):
-        self._head = head
-        self._device = device
-        self._original = head.get_box_reg_layer_loss
-        self._backward_start = None
-        self.forward_s = 0.0
-        self.backward_s = 0.0
-        head.get_box_reg_layer_loss = self._timed
-
-    def reset(self) -> None:
-        self.forward_s = self.backward_s = 0.0
-
-    def remove(self) -> None:
-        del self._head.get_box_reg_layer_loss
-
-    def _timed(self, *args, **kwargs):
-        _sync(self._device)
+    saved = dict(head.forward_ret_dict)
+    outputs = {
+        key: value.detach().requires_grad_()
+        for key, value in saved.items()
+        if isinstance(value, torch.Tensor) and value.requires_grad
+    }
+    head.forward_ret_dict.update(outputs)
+    try:
+        _sync(device)
         start = time.perf_counter()
-        box_loss, tb_dict = self._original(*args, **kwargs)
-        _sync(self._device)
-        self.forward_s += time.perf_counter() - start
-        box_preds = self._head.forward_ret_dict.get("box_preds")
-        if box_loss.requires_grad and isinstance(box_preds, torch.Tensor) and box_preds.requires_grad:
-            box_loss.register_hook(self._backward_started)
-            box_preds.register_hook(self._backward_finished)
-        return box_loss, tb_dict
-
-    def _backward_started(self, grad):
-        _sync(self._device)
-        self._backward_start = time.perf_counter()
-
-    def _backward_finished(self, grad):
-        if self._backward_start is not None:
-            _sync(self._device)
-            self.backward_s += time.perf_counter() - self._backward_start
-            self._backward_start = None
+        box_loss, _ = head.get_box_reg_layer_loss()
+        _sync(device)
+        middle = time.perf_counter()
+        torch.autograd.grad(box_loss, list(outputs.values()), allow_unused=True)
+        _sync(device)
+        end = time.perf_counter()
+    finally:
+        head.forward_ret_dict.update(saved)
+    return middle - start, end - middle
 
 
 def _train_steps(model, loader, train_step, optimizer, grad_clip: float, device: torch.device):
-    """Yields the seconds of each step, cycling through the loader."""
+    """Yields ``(step seconds, box-loss forward seconds, box-loss backward seconds)``, cycling through the loader."""
     params = [p for p in model.parameters() if p.requires_grad]
     for batch in itertools.chain.from_iterable(itertools.repeat(loader)):
         _sync(device)
@@ -91,7 +74,8 @@ def _train_steps(model, loader, train_step, optimizer, grad_clip: float, device:
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
         optimizer.step()
         _sync(device)
-        yield time.perf_counter() - start
+        step = time.perf_counter() - start
+        yield (step, *box_loss_seconds(model.dense_head, device))
 
 
 def measure(
@@ -121,18 +105,15 @@ def measure(
         dataset, batch_size=batch, shuffle=True, collate_fn=dataset.collate_batch, drop_last=len(dataset) >= batch
     )
     model = runtime.build_model(cfg, dataset, run_device).train()
-    timer = BoxLossTimer(model.dense_head, run_device)
     optimizer = build_optimizer(model, cfg.OPTIMIZATION)
     grad_clip = float(cfg.OPTIMIZATION.get("GRAD_NORM_CLIP", 10.0))
-    step_times = _train_steps(model, loader, runtime.make_train_step(run_device), optimizer, grad_clip, run_device)
+    steps_run = _train_steps(model, loader, runtime.make_train_step(run_device), optimizer, grad_clip, run_device)
     for _ in range(warmup):
-        next(step_times)
-    timer.reset()
+        next(steps_run)
     if run_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run_device)
-    timed = [next(step_times) for _ in range(steps)]
-    timer.remove()
-    total = sum(timed)
+    step_s, forward_s, backward_s = zip(*(next(steps_run) for _ in range(steps)))
+    total = sum(step_s)
     return {
         "cfg_file": str(cfg_file),
         "device": str(run_device),
@@ -140,10 +121,10 @@ def measure(
         "steps": steps,
         "warmup": warmup,
         "step_s_mean": total / steps,
-        "step_s_median": statistics.median(timed),
-        "box_loss_forward_s_mean": timer.forward_s / steps,
-        "box_loss_backward_s_mean": timer.backward_s / steps,
-        "box_loss_share": (timer.forward_s + timer.backward_s) / total,
+        "step_s_median": statistics.median(step_s),
+        "box_loss_forward_s_mean": sum(forward_s) / steps,
+        "box_loss_backward_s_mean": sum(backward_s) / steps,
+        "box_loss_share": (sum(forward_s) + sum(backward_s)) / total,
         "peak_memory_bytes": torch.cuda.max_memory_allocated(run_device) if run_device.type == "cuda" else None,
     }
 
@@ -203,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup=args.warmup,
             device=args.device,
             batch_size=args.batch_size,
+            set_cfgs=args.set_cfgs,
         )
         print(summary_line(result), flush=True)
         results.append(result)
