@@ -26,7 +26,7 @@ printed; the test pins the two flipped signs.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -197,11 +197,12 @@ def _angle_figure(angles: torch.Tensor, table: Dict[str, torch.Tensor]):
     fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), squeeze=False)
     bound = boundary_angle()
     for r, names in enumerate(rows):
-        for c, (title, log) in enumerate((("zoom", False), ("full range, log scale", True))):
+        for c, (title, log) in enumerate((("zoom", False), ("full range, log scale (values > 0)", True))):
             ax = axes[r][c]
-            for name in names:
-                colour, style = styles[name]
-                ax.plot(angles, table[name], color=colour, linestyle=style, label=name, linewidth=1.5)
+            for same in _identical_curves(names, table):
+                colour, style = styles[same[0]]
+                label = " = ".join(same)
+                ax.plot(angles, table[same[0]], color=colour, linestyle=style, label=label, linewidth=1.5)
             ax.axvline(bound, color="gray", linewidth=0.8, linestyle=":", label="_parallelogram boundary")
             ax.set_xlabel("heading error Δ (rad); centre-aligned car 3.9 × 1.6 × 1.56 m", fontsize=9)
             ax.set_ylabel("dL/dΔ (1/rad)", fontsize=9)
@@ -217,6 +218,18 @@ def _angle_figure(angles: torch.Tensor, table: Dict[str, torch.Tensor]):
     fig.suptitle("Angle gradient vs heading error (paper Fig. 1a); dotted: parallelogram boundary 2·atan(w/l)")
     fig.tight_layout()
     return fig
+
+
+def _identical_curves(names: Sequence[str], table: Dict[str, torch.Tensor]) -> List[List[str]]:
+    """``names`` grouped by identical curves (e.g. DIoU = 1 - IoU for centre-aligned pairs): one line each."""
+    groups: List[List[str]] = []
+    for name in names:
+        match = next((g for g in groups if torch.allclose(table[g[0]], table[name], rtol=1e-9, atol=1e-12)), None)
+        if match is None:
+            groups.append([name])
+        else:
+            match.append(name)
+    return groups
 
 
 def _size_figure(scales: torch.Tensor, sizes: Dict[str, torch.Tensor]):
