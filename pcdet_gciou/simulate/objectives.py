@@ -87,12 +87,11 @@ GCIOU_NOTES = {
 
 
 def _loss_specs() -> Dict[str, LossSpec]:
+    """Smooth-L1, then every registry loss but gciou (registry order), then GCIoU's variants."""
     specs = {SMOOTH_L1: LossSpec(SMOOTH_L1, note="OpenPCDet's Smooth-L1 on the residuals (beta 1/9)")}
-    for name in LOSSES:
-        if name == "gciou":
-            specs.update({key: LossSpec("gciou", kw, GCIOU_NOTES.get(key, "")) for key, kw in GCIOU_VARIANTS.items()})
-        else:
-            specs[name] = LossSpec(name)
+    specs.update({name: LossSpec(name) for name in LOSSES if name != "gciou"})
+    if "gciou" in LOSSES:
+        specs.update({key: LossSpec("gciou", kw, GCIOU_NOTES.get(key, "")) for key, kw in GCIOU_VARIANTS.items()})
     return specs
 
 
