@@ -84,12 +84,12 @@ def check_line_count(ax) -> None:
 
 def plain_log_ticks(ax) -> None:
     """Tick labels of a log-scaled y axis as plain numbers (``0.5``, ``2``) instead of ``2 x 10^0``; minor ticks
-    at 2x and 5x each power of ten, labelled only when the axis spans less than two decades (else they crowd)."""
+    at 2x and 5x each power of ten, labelled only when the axis spans less than three decades (else they crowd)."""
     from matplotlib.ticker import FormatStrFormatter, FuncFormatter, LogLocator
 
     def minor_label(value, _pos):
         low, high = ax.get_ylim()
-        return f"{value:g}" if low > 0 and high / low < 100 else ""
+        return f"{value:g}" if low > 0 and high / low < 1000 else ""
 
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.yaxis.set_minor_locator(LogLocator(base=10.0, subs=(2.0, 5.0)))

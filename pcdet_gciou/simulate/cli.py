@@ -14,7 +14,7 @@ from pcdet_gciou.simulate.objectives import DEFAULT_LOSSES, LOSS_SPECS
 from pcdet_gciou.simulate.parametrisation import PARAMETRISATIONS
 from pcdet_gciou.simulate.report import markdown_table, plot_scenario, summarise, write_curves_csv, write_report
 from pcdet_gciou.simulate.runner import OPTIMIZERS, run_simulation
-from pcdet_gciou.simulate.scenarios import SCENARIOS, resolve_scenario
+from pcdet_gciou.simulate.scenarios import SCENARIO_ALIASES, SCENARIOS, resolve_scenario
 
 DEFAULT_STEPS = 300
 DEFAULT_BOXES = 96
@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--scenarios",
         type=_names,
         default=list(SCENARIOS),
-        help=f"comma-separated subset of {','.join(SCENARIOS)} or a,b,c (default: all)",
+        help=f"comma-separated subset of {','.join(SCENARIOS)} or their letters {','.join(SCENARIO_ALIASES)} "
+        "(default: all)",
     )
     parser.add_argument(
         "--boxes",

@@ -153,7 +153,7 @@ def make_kitti(n: int, gen: torch.Generator) -> Problem:
 # heading: within a positive anchor's reach. FEATURE_DIM: width of the shared head's input.
 RESIDUAL_STD = (0.1, 0.1, 0.1, 0.15, 0.15, 0.15, 0.25)
 FEATURE_DIM = 16
-UNEXPLAINED_FRACTION = 0.1
+UNEXPLAINED_FRACTION = 0.05
 
 
 def make_anchor_residual(n: int, gen: torch.Generator) -> Problem:
