@@ -154,25 +154,25 @@ def promote_box_pair(boxes1: torch.Tensor, boxes2: torch.Tensor) -> Tuple[torch.
     return boxes1, boxes2
 
 
-def detach_identical_pairs(boxes1: torch.Tensor, boxes2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Detach the pairs whose seven parameters are all equal: the zero subgradient at a perfect match.
+def detach_identical_pairs(value: torch.Tensor, boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """``value`` (one per pair) with the pairs whose seven parameters are all equal cut from the graph.
 
-    IoU and every loss built on it have a kink at ``boxes1 == boxes2`` (the overlap's min/max ties, the folded
-    heading error's ``|.|``), where autograd returns one arbitrary one-sided slope that depends on the argument
-    order. The match is the optimum, so 0 is a valid subgradient there: this returns the same values with those
-    pairs cut from the graph. A no-op without autograd.
+    This is the zero subgradient at a perfect match. IoU and every loss built on it have a kink at
+    ``boxes1 == boxes2`` (the overlap's min/max ties, the folded heading error's ``|.|``), where autograd returns
+    one arbitrary one-sided slope that depends on the argument order. The match is the optimum, so 0 is a valid
+    subgradient there. The values are unchanged; a no-op without autograd.
 
     Example:
         >>> pred = torch.tensor([[0.0, 0, 0, 4, 2, 1.5, 0.3]], requires_grad=True)
-        >>> a, b = detach_identical_pairs(pred, pred.detach().clone())
-        >>> a.sum().backward()
+        >>> target = pred.detach().clone()
+        >>> detach_identical_pairs((pred**2).sum(dim=-1), pred, target).sum().backward()
         >>> pred.grad
         tensor([[0., 0., 0., 0., 0., 0., 0.]])
     """
-    if not torch.is_grad_enabled() or not (boxes1.requires_grad or boxes2.requires_grad):
-        return boxes1, boxes2
-    identical = (boxes1.detach() == boxes2.detach()).all(dim=-1, keepdim=True)
-    return torch.where(identical, boxes1.detach(), boxes1), torch.where(identical, boxes2.detach(), boxes2)
+    if not torch.is_grad_enabled() or not value.requires_grad:
+        return value
+    identical = (boxes1.detach() == boxes2.detach()).all(dim=-1)
+    return torch.where(identical, value.detach(), value)
 
 
 def box_corners_bev(boxes: torch.Tensor) -> torch.Tensor:

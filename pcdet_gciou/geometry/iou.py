@@ -161,10 +161,11 @@ def _overlap(kernel: Callable, boxes1: torch.Tensor, boxes2: torch.Tensor, compi
                 for i in range(0, pairs, PAIRS_PER_CHUNK)
             ]
             intersection, union = (torch.cat([part[k] for part in parts]).view(shape) for k in range(2))
-        # A non-finite parameter makes the pair's values NaN, never a silent number.
-        finite = torch.isfinite(boxes1).all(dim=-1) & torch.isfinite(boxes2).all(dim=-1)
-        nan = torch.full_like(union, float("nan"))
-        return torch.where(finite, intersection, nan), torch.where(finite, union, nan)
+        # A non-finite parameter makes the pair's values NaN, never a silent number: the row sums (one cheap
+        # matrix-vector product) are finite exactly when every parameter is, so ``0 * sum`` is 0 or NaN.
+        ones = boxes1.new_ones(7)
+        nan_if_not_finite = (boxes1.detach() @ ones + boxes2.detach() @ ones) * 0
+        return intersection + nan_if_not_finite, union + nan_if_not_finite
 
 
 def rotated_overlap_3d(
@@ -244,8 +245,8 @@ def rotated_iou_3d(boxes1: torch.Tensor, boxes2: torch.Tensor, *, compiled: bool
         >>> rotated_iou_3d(a, a + torch.tensor([1.0, 0, 0, 0, 0, 0, 0]))  # shifted by 1 m along x: 3/5
         tensor(0.6000)
     """
-    boxes1, boxes2 = detach_identical_pairs(boxes1, boxes2)
-    return iou_from_overlap(*rotated_overlap_3d(boxes1, boxes2, compiled=compiled))
+    iou = iou_from_overlap(*rotated_overlap_3d(boxes1, boxes2, compiled=compiled))
+    return detach_identical_pairs(iou, boxes1, boxes2)
 
 
 def rotated_iou_bev(boxes1: torch.Tensor, boxes2: torch.Tensor, *, compiled: bool = False) -> torch.Tensor:
@@ -256,8 +257,8 @@ def rotated_iou_bev(boxes1: torch.Tensor, boxes2: torch.Tensor, *, compiled: boo
         >>> rotated_iou_bev(a, a + torch.tensor([0, 0, 5.0, 0, 0, 0, 0]))  # z ignored
         tensor(1.)
     """
-    boxes1, boxes2 = detach_identical_pairs(boxes1, boxes2)
-    return iou_from_overlap(*rotated_overlap_bev(boxes1, boxes2, compiled=compiled))
+    iou = iou_from_overlap(*rotated_overlap_bev(boxes1, boxes2, compiled=compiled))
+    return detach_identical_pairs(iou, boxes1, boxes2)
 
 
 def _iou_matrix(

@@ -31,8 +31,7 @@ def check_loss_inputs(
     - pred and target are promoted to their common geometry dtype, as the geometry does (half -> float32);
     - zero-weight boxes are replaced by a unit box before any geometry, so whatever their values (NaN, Inf) they
       add exactly 0 to the loss and exactly 0 to their gradient rows (``torch.where``, not a multiplication);
-    - identical pairs are cut from the graph (:func:`pcdet_gciou.geometry.detach_identical_pairs`): every loss
-      here is at its minimum there, and 0 is the subgradient chosen.
+    Identical pairs are handled in :func:`reduce_loss`.
     """
     check_box_pair(pred, target, broadcast=False)
     check_loss_options(reduction, eps)
@@ -52,22 +51,26 @@ def check_loss_inputs(
         active = (weights != 0)[..., None]
         unit = torch.tensor(_UNIT_BOX, dtype=pred.dtype, device=pred.device)
         pred, target = torch.where(active, pred, unit), torch.where(active, target, unit)
-    return detach_identical_pairs(pred, target)
+    return pred, target
 
 
 def reduce_loss(
-    loss: torch.Tensor, pred: torch.Tensor, weights: Optional[torch.Tensor], reduction: str
+    loss: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor], reduction: str
 ) -> torch.Tensor:
-    """Apply weights and the reduction.
+    """Cut identical pairs from the graph, apply weights and the reduction.
+
+    Identical pairs (:func:`pcdet_gciou.geometry.detach_identical_pairs`): every loss here is at its minimum
+    there, and 0 is the subgradient chosen.
 
     - ``"none"``: per-box ``weights * loss``, shape ``pred.shape[:-1]``;
     - ``"sum"``: the sum of that;
     - ``"mean"``: the weighted mean ``sum(w * L) / sum(w)`` (plain mean without weights).
 
-    ``pred`` is the prepared prediction of :func:`check_loss_inputs`. Empty input or all-zero weights give a zero
-    that is still connected to ``pred``'s graph, so DDP never sees unused parameters. Zero-weight boxes contribute
-    exactly 0, whatever their loss.
+    ``pred`` and ``target`` are the prepared pair of :func:`check_loss_inputs`. Empty input or all-zero weights
+    give a zero that is still connected to ``pred``'s graph, so DDP never sees unused parameters. Zero-weight boxes
+    contribute exactly 0, whatever their loss.
     """
+    loss = detach_identical_pairs(loss, pred, target)
     if weights is not None:
         loss = torch.where(weights != 0, loss * weights.to(loss.dtype), torch.zeros_like(loss))
     if reduction == "none":

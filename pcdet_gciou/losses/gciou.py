@@ -190,7 +190,7 @@ def gciou_loss(
     iou = iou_from_overlap(*rotated_overlap_3d(pred, target))
     delta = heading_error(pred[..., 6], target[..., 6]).clamp_max(max_angle)
     loss = -torch.log(iou + eps) * _angle_weight(delta, alpha, p_form) + _angle_offset(delta, g)
-    return reduce_loss(loss, pred, weights, reduction)
+    return reduce_loss(loss, pred, target, weights, reduction)
 
 
 class GCIoULoss(nn.Module):

@@ -50,13 +50,13 @@ def _check_orientation_weight(orientation_weight: object) -> None:
 def iou_loss(pred, target, weights=None, *, reduction: str = "none", eps: float = 1e-6) -> torch.Tensor:
     """``1 - IoU`` of paired rotated 3D boxes: ``(..., 7)`` pred and target, ``(...)`` weights."""
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
-    return reduce_loss(1 - _iou(pred, target), pred, weights, reduction)
+    return reduce_loss(1 - _iou(pred, target), pred, target, weights, reduction)
 
 
 def log_iou_loss(pred, target, weights=None, *, reduction: str = "none", eps: float = 1e-6) -> torch.Tensor:
     """``-ln(IoU + eps)`` of paired rotated 3D boxes (the GCIoU paper's baseline, Table 1 row 1)."""
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
-    return reduce_loss(-torch.log(_iou(pred, target) + eps), pred, weights, reduction)
+    return reduce_loss(-torch.log(_iou(pred, target) + eps), pred, target, weights, reduction)
 
 
 def giou_loss(pred, target, weights=None, *, reduction: str = "none", eps: float = 1e-6) -> torch.Tensor:
@@ -65,7 +65,7 @@ def giou_loss(pred, target, weights=None, *, reduction: str = "none", eps: float
     intersection, union = rotated_overlap_3d(pred, target)
     enclosing = enclosing_box_3d(pred, target)[..., :3].prod(dim=-1)
     loss = 1 - iou_from_overlap(intersection, union) + (enclosing - union) / (enclosing + eps)
-    return reduce_loss(loss, pred, weights, reduction)
+    return reduce_loss(loss, pred, target, weights, reduction)
 
 
 def _distance_penalty(pred: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
@@ -77,7 +77,7 @@ def diou_loss(pred, target, weights=None, *, reduction: str = "none", eps: float
     """``1 - IoU + rho^2 / c^2``: squared centre distance over the squared enclosing-box diagonal."""
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
     loss = 1 - _iou(pred, target) + _distance_penalty(pred, target, eps)
-    return reduce_loss(loss, pred, weights, reduction)
+    return reduce_loss(loss, pred, target, weights, reduction)
 
 
 def odiou_loss(
@@ -92,7 +92,7 @@ def odiou_loss(
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
     orientation = 1 - heading_cos_error(pred[..., 6], target[..., 6]).abs()
     loss = 1 - _iou(pred, target) + _distance_penalty(pred, target, eps) + orientation_weight * orientation
-    return reduce_loss(loss, pred, weights, reduction)
+    return reduce_loss(loss, pred, target, weights, reduction)
 
 
 def rotation_decoupled_iou(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6):
@@ -129,7 +129,7 @@ def rdiou_loss(pred, target, weights=None, *, reduction: str = "none", eps: floa
     """``1 - clamp(RDIoU - rho^2 / c^2, -1, 1)``, see :func:`rotation_decoupled_iou`."""
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
     rdiou, penalty = rotation_decoupled_iou(pred, target, eps)
-    return reduce_loss(1 - (rdiou - penalty).clamp(-1, 1), pred, weights, reduction)
+    return reduce_loss(1 - (rdiou - penalty).clamp(-1, 1), pred, target, weights, reduction)
 
 
 class _BoxLoss(nn.Module):
