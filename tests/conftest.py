@@ -17,13 +17,14 @@ SHARED_DATA = Path(os.environ.get("PCDET_GCIOU_SHARED_DATA", REPO_ROOT.parent / 
 def pcdet_import_error() -> str | None:
     """Why OpenPCDet cannot be imported here, or None when it can.
 
-    Without CUDA the opt-in CPU compatibility layer is installed first, as a CPU user would.
+    The portable op layer is installed first, as the tools do: on CPU it runs everything; on a CUDA machine it
+    keeps the compiled extensions that are built and stands in only for the missing ones, so an unbuilt
+    OpenPCDet tree (``python -m pcdet_gciou.openpcdet.get``) is tested on a GPU as well.
     """
     try:
-        if not torch.cuda.is_available():
-            from pcdet_gciou.openpcdet import cpu
+        from pcdet_gciou.openpcdet import cpu
 
-            cpu.install()
+        cpu.install()
         import pcdet.datasets  # noqa: F401
         import pcdet.models  # noqa: F401
     except Exception as exc:  # any import failure means "skip", with the reason shown
