@@ -12,6 +12,9 @@ and enclose nothing). ``pi`` is affine between the parameters where an edge cros
 path exactly: 4 edges x 5 points, elementwise apart from ordering four numbers per edge, with no data-dependent
 shapes. This is Sutherland-Hodgman clipping against the four half-planes done in one pass.
 
+Lengths are measured in units of the region's half extents, so the region is the square ``[-1, 1]^2`` and the
+clamps have constant bounds (a cheaper backward); the area is scaled back by ``a * b``.
+
 Precision: coordinates are relative to the region's centre and the shoelace is taken about the path's
 centre, so float32 stays accurate for boxes 1e4 m from the origin; the smaller box is always the path, so
 the crossing parameters are well conditioned even when one box is 1e11 m long.
@@ -42,14 +45,14 @@ __all__ = [
 ]
 
 
-def _edge_crossings(start: torch.Tensor, step: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
-    """Edge parameters t where ``start + t * step`` crosses ``-half`` and ``+half``: ``(..., edges, 2)``.
+def _edge_crossings(start: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Edge parameters t where ``start + t * step`` crosses ``-1`` and ``+1``: ``(..., edges, 2)``.
 
     Only crossings strictly inside the edge (0 < t < 1) are real; a line the edge does not cross contributes
     t = 0, a harmless extra sample of the edge's start.
     """
     ts = []
-    for bound in (-half, half):
+    for bound in (-1.0, 1.0):
         gap = bound - start
         with torch.no_grad():
             crosses = gap * (gap - step) < 0  # strictly opposite sides, so step != 0
@@ -65,13 +68,17 @@ def _bev_intersection_area(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.
     region = torch.where(path_is_1[..., None], boxes2, boxes1)
     path = torch.where(path_is_1[..., None], boxes1, boxes2)
 
-    half_a = (region[..., 3].clamp_min(0) / 2)[..., None]  # (..., 1)
-    half_b = (region[..., 4].clamp_min(0) / 2)[..., None]
+    half_a = region[..., 3].clamp_min(0) / 2
+    half_b = region[..., 4].clamp_min(0) / 2
+    # Lengths in units of the region's half extents, where it is the square [-1, 1]^2: the clamps get constant
+    # bounds (a backward without bound gradients to reduce) and the area is scaled back by a * b at the end.
+    unit_a = torch.where(half_a > 0, half_a, torch.ones_like(half_a))[..., None]
+    unit_b = torch.where(half_b > 0, half_b, torch.ones_like(half_b))[..., None]
     cos_r, sin_r = torch.cos(region[..., 6]), torch.sin(region[..., 6])
     offset_x = path[..., 0] - region[..., 0]
     offset_y = path[..., 1] - region[..., 1]
-    centre_x = (offset_x * cos_r + offset_y * sin_r)[..., None]  # path centre in the region frame
-    centre_y = (-offset_x * sin_r + offset_y * cos_r)[..., None]
+    centre_x = (offset_x * cos_r + offset_y * sin_r)[..., None] / unit_a  # path centre in the region frame
+    centre_y = (-offset_x * sin_r + offset_y * cos_r)[..., None] / unit_b
     # Relative rotation from each heading's own cosine and sine: large headings are reduced before differencing.
     cos_h, sin_h = torch.cos(path[..., 6]), torch.sin(path[..., 6])
     cos_p = (cos_h * cos_r + sin_h * sin_r)[..., None]
@@ -81,24 +88,23 @@ def _bev_intersection_area(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.
     sign_y = path.new_tensor([-1.0, 1.0, 1.0, -1.0])
     local_x = sign_x * (path[..., 3:4].clamp_min(0) / 2)
     local_y = sign_y * (path[..., 4:5].clamp_min(0) / 2)
-    start_x = centre_x + local_x * cos_p - local_y * sin_p  # (..., 4)
-    start_y = centre_y + local_x * sin_p + local_y * cos_p
+    start_x = centre_x + (local_x * cos_p - local_y * sin_p) / unit_a  # (..., 4)
+    start_y = centre_y + (local_x * sin_p + local_y * cos_p) / unit_b
     step_x = torch.roll(start_x, -1, dims=-1) - start_x
     step_y = torch.roll(start_y, -1, dims=-1) - start_y
 
     # Sample every edge at its start and at its (up to four) crossings, in ascending t. The order is found
     # without gradient; the gradient flows through the gathered t values into the sample points.
-    crossings = torch.cat([_edge_crossings(start_x, step_x, half_a), _edge_crossings(start_y, step_y, half_b)], dim=-1)
+    crossings = torch.cat([_edge_crossings(start_x, step_x), _edge_crossings(start_y, step_y)], dim=-1)
     order = torch.argsort(crossings.detach(), dim=-1)
     t = torch.cat([torch.zeros_like(crossings[..., :1]), crossings.gather(-1, order)], dim=-1)  # (..., 4, 5)
 
-    half_a, half_b = half_a[..., None], half_b[..., None]
-    x = torch.clamp(start_x[..., None] + t * step_x[..., None], -half_a, half_a)
-    y = torch.clamp(start_y[..., None] + t * step_y[..., None], -half_b, half_b)
+    x = torch.clamp(start_x[..., None] + t * step_x[..., None], -1.0, 1.0)
+    y = torch.clamp(start_y[..., None] + t * step_y[..., None], -1.0, 1.0)
     x = x.flatten(-2) - centre_x  # shoelace about the path centre: small numbers, small rounding
     y = y.flatten(-2) - centre_y
     twice_area = (x * torch.roll(y, -1, dims=-1) - torch.roll(x, -1, dims=-1) * y).sum(dim=-1)
-    return (twice_area / 2).clamp_min(0)
+    return (twice_area * (half_a * half_b / 2)).clamp_min(0)
 
 
 def _overlap_3d_kernel(boxes1: torch.Tensor, boxes2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
