@@ -147,13 +147,21 @@ def test_run_tool_exit_codes_in_process(capsys):
 
 
 @pytest.mark.pcdet
-def test_gt_sampler_class_without_boxes(kitti_mini_tree, tmp_path):
-    """On the real mini frames the database's only Cyclist has difficulty -1, which PREPARE filters out."""
-    prepare = _tool("prepare_kitti", "--data_path", str(kitti_mini_tree), "--cpu", "--workers", "1")
+def test_gt_sampler_class_without_boxes(kitti_mini_dir, tmp_path):
+    """On the real mini frames the database's only Cyclist has difficulty -1, which PREPARE filters out. The road
+    plane folder exists (empty): the sampler is checked when the dataset is built, before any plane is read."""
+    root = tmp_path / "kitti"
+    (root / "training" / "planes").mkdir(parents=True)
+    for name in ("ImageSets", "testing"):
+        (root / name).symlink_to(kitti_mini_dir / name, target_is_directory=True)
+    for sub in ("velodyne", "calib", "label_2", "image_2"):
+        (root / "training" / sub).symlink_to(kitti_mini_dir / "training" / sub, target_is_directory=True)
+    prepare = _tool("prepare_kitti", "--data_path", str(root), "--cpu", "--workers", "1")
     assert prepare.returncode == 0, prepare.stderr[-3000:]
-    result = _train(
-        kitti_mini_tree,
-        tmp_path,
-        sets=["--set", "DATA_CONFIG.DATA_AUGMENTOR.AUG_CONFIG_LIST.0.USE_ROAD_PLANE", "False"],
+    _assert_one_line(
+        _train(root, tmp_path, "--workers", "0", sets=[]),
+        2,
+        "GT sampling draws ['Cyclist']",
+        "no usable box",
+        "DISABLE",
     )
-    _assert_one_line(result, 2, "GT sampling draws ['Cyclist']", "no usable box", "DISABLE_AUG_LIST")
