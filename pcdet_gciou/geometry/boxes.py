@@ -183,6 +183,13 @@ def box_corners_bev(boxes: torch.Tensor) -> torch.Tensor:
 
     Returns:
         ``(..., 4, 2)`` corners 0..3 of the module docstring, counter-clockwise.
+
+    Example:
+        >>> box_corners_bev(torch.tensor([0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]))
+        tensor([[ 2., -1.],
+                [ 2.,  1.],
+                [-2.,  1.],
+                [-2., -1.]])
     """
     check_boxes("boxes", boxes)
     half_x = boxes[..., 3:4].clamp_min(0) / 2
@@ -205,6 +212,11 @@ def box_corners_3d(boxes: torch.Tensor) -> torch.Tensor:
 
     Returns:
         ``(..., 8, 3)``: bottom face corners 0..3, then top face corners 4..7 (see the module docstring).
+
+    Example:
+        >>> box_corners_3d(torch.tensor([0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]))[[0, 6]]
+        tensor([[ 2.0000, -1.0000, -0.7500],
+                [-2.0000,  1.0000,  0.7500]])
     """
     bev = box_corners_bev(boxes)
     half_z = boxes[..., 5:6].clamp_min(0) / 2
@@ -248,7 +260,14 @@ def heading_cos_error(heading1: torch.Tensor, heading2: torch.Tensor) -> torch.T
 
 
 def center_distance_sq(boxes1: torch.Tensor, boxes2: torch.Tensor, *, bev: bool = False) -> torch.Tensor:
-    """Squared distance between box centres, ``(...)``; in (x, y) only when ``bev``."""
+    """Squared distance between box centres, ``(...)``; in (x, y) only when ``bev``.
+
+    Example:
+        >>> a = torch.tensor([0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0])
+        >>> b = a + torch.tensor([3.0, 4.0, 12.0, 0, 0, 0, 0])
+        >>> center_distance_sq(a, b), center_distance_sq(a, b, bev=True)
+        (tensor(169.), tensor(25.))
+    """
     check_box_pair(boxes1, boxes2)
     dims = 2 if bev else 3
     return ((boxes1[..., :dims] - boxes2[..., :dims]) ** 2).sum(dim=-1)
@@ -266,6 +285,11 @@ def enclosing_box_bev(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tenso
 
     Returns:
         ``(..., 3)`` = ``[extent_u, extent_v, heading]`` of the enclosing rectangle (area ``extent_u*extent_v``).
+
+    Example:
+        >>> a = torch.tensor([0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0])
+        >>> enclosing_box_bev(a, a + torch.tensor([1.0, 0, 0, 0, 0, 0, 0]))
+        tensor([5., 2., 0.])
     """
     check_box_pair(boxes1, boxes2)
     corners = torch.cat(torch.broadcast_tensors(box_corners_bev(boxes1), box_corners_bev(boxes2)), dim=-2)
@@ -287,7 +311,13 @@ def enclosing_box_bev(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tenso
 
 
 def enclosing_z_extent(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Height of the smallest z-interval enclosing both boxes, ``(...)``."""
+    """Height of the smallest z-interval enclosing both boxes, ``(...)``.
+
+    Example:
+        >>> a = torch.tensor([0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0])
+        >>> enclosing_z_extent(a, a + torch.tensor([0, 0, 1.0, 0, 0, 0, 0]))
+        tensor(2.5000)
+    """
     top = torch.maximum(
         boxes1[..., 2] + boxes1[..., 5].clamp_min(0) / 2, boxes2[..., 2] + boxes2[..., 5].clamp_min(0) / 2
     )
@@ -302,6 +332,11 @@ def enclosing_box_3d(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor
 
     Returns:
         ``(..., 4)`` = ``[extent_u, extent_v, extent_z, heading]``.
+
+    Example:
+        >>> a = torch.tensor([0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0])
+        >>> enclosing_box_3d(a, a + torch.tensor([1.0, 0, 0, 0, 0, 0, 0]))
+        tensor([5.0000, 2.0000, 1.5000, 0.0000])
     """
     bev = enclosing_box_bev(boxes1, boxes2)
     return torch.stack([bev[..., 0], bev[..., 1], enclosing_z_extent(boxes1, boxes2), bev[..., 2]], dim=-1)
@@ -319,6 +354,13 @@ def points_in_boxes_mask(
 
     Returns:
         ``(N, M)`` bool mask.
+
+    Example:
+        >>> box = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> points_in_boxes_mask(torch.tensor([[0.0, 0.0, 0.0], [1.9, 0.9, 0.7], [2.1, 0.0, 0.0]]), box)
+        tensor([[ True],
+                [ True],
+                [False]])
     """
     if not isinstance(points, torch.Tensor) or points.dim() != 2 or points.shape[-1] < 3:
         shape = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__

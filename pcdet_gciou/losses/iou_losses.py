@@ -48,19 +48,37 @@ def _check_orientation_weight(orientation_weight: object) -> None:
 
 
 def iou_loss(pred, target, weights=None, *, reduction: str = "none", eps: float = 1e-6) -> torch.Tensor:
-    """``1 - IoU`` of paired rotated 3D boxes: ``(..., 7)`` pred and target, ``(...)`` weights."""
+    """``1 - IoU`` of paired rotated 3D boxes: ``(..., 7)`` pred and target, ``(...)`` weights.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> iou_loss(a, a + torch.tensor([1.0, 0, 0, 0, 0, 0, 0]))  # IoU 3/5
+        tensor([0.4000])
+    """
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
     return reduce_loss(1 - _iou(pred, target), pred, target, weights, reduction)
 
 
 def log_iou_loss(pred, target, weights=None, *, reduction: str = "none", eps: float = 1e-6) -> torch.Tensor:
-    """``-ln(IoU + eps)`` of paired rotated 3D boxes (the GCIoU paper's baseline, Table 1 row 1)."""
+    """``-ln(IoU + eps)`` of paired rotated 3D boxes (the GCIoU paper's baseline, Table 1 row 1).
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> log_iou_loss(a, a + torch.tensor([1.0, 0, 0, 0, 0, 0, 0]))  # -ln(3/5)
+        tensor([0.5108])
+    """
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
     return reduce_loss(-torch.log(_iou(pred, target) + eps), pred, target, weights, reduction)
 
 
 def giou_loss(pred, target, weights=None, *, reduction: str = "none", eps: float = 1e-6) -> torch.Tensor:
-    """``1 - IoU + (C - U) / C``, ``C`` = volume of the enclosing box (non-zero gradient for disjoint boxes)."""
+    """``1 - IoU + (C - U) / C``, ``C`` = volume of the enclosing box (non-zero gradient for disjoint boxes).
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> giou_loss(a, a + torch.tensor([1.0, 0, 0, 0, 0, 0, 0]))  # the enclosing box is the union: C = U
+        tensor([0.4000])
+    """
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
     intersection, union = rotated_overlap_3d(pred, target)
     enclosing = enclosing_box_3d(pred, target)[..., :3].prod(dim=-1)
@@ -74,7 +92,13 @@ def _distance_penalty(pred: torch.Tensor, target: torch.Tensor, eps: float) -> t
 
 
 def diou_loss(pred, target, weights=None, *, reduction: str = "none", eps: float = 1e-6) -> torch.Tensor:
-    """``1 - IoU + rho^2 / c^2``: squared centre distance over the squared enclosing-box diagonal."""
+    """``1 - IoU + rho^2 / c^2``: squared centre distance over the squared enclosing-box diagonal.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> diou_loss(a, a + torch.tensor([1.0, 0, 0, 0, 0, 0, 0]))  # 0.4 + 1 / (5^2 + 2^2 + 1.5^2)
+        tensor([0.4320])
+    """
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
     loss = 1 - _iou(pred, target) + _distance_penalty(pred, target, eps)
     return reduce_loss(loss, pred, target, weights, reduction)
@@ -86,7 +110,12 @@ def odiou_loss(
     """SE-SSD's orientation-aware DIoU: DIoU plus ``orientation_weight * (1 - |cos(dtheta)|)``.
 
     ``|cos|`` makes the orientation term pi-periodic like the IoU (the direction is left to the direction
-    classifier). ``orientation_weight`` is SE-SSD's gamma.
+    classifier). ``orientation_weight`` is SE-SSD's gamma (finite, ``>= 0``).
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> odiou_loss(a, a + torch.tensor([1.0, 0, 0, 0, 0, 0, 0]))  # same heading: the DIoU
+        tensor([0.4320])
     """
     _check_orientation_weight(orientation_weight)
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
@@ -106,6 +135,11 @@ def rotation_decoupled_iou(pred: torch.Tensor, target: torch.Tensor, eps: float 
 
     Returns:
         ``(rdiou, penalty)``, each ``(...)``.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> rotation_decoupled_iou(a, a + torch.tensor([1.0, 0, 0, 0, 0, 0, 0]))  # 3/5, 1 / (5^2 + 2^2 + 1.5^2 + 1)
+        (tensor([0.6000]), tensor([0.0310]))
     """
     sin_p, cos_p = torch.sin(pred[..., 6]), torch.cos(pred[..., 6])
     sin_t, cos_t = torch.sin(target[..., 6]), torch.cos(target[..., 6])
@@ -126,7 +160,13 @@ def rotation_decoupled_iou(pred: torch.Tensor, target: torch.Tensor, eps: float 
 
 
 def rdiou_loss(pred, target, weights=None, *, reduction: str = "none", eps: float = 1e-6) -> torch.Tensor:
-    """``1 - clamp(RDIoU - rho^2 / c^2, -1, 1)``, see :func:`rotation_decoupled_iou`."""
+    """``1 - clamp(RDIoU - rho^2 / c^2, -1, 1)``, see :func:`rotation_decoupled_iou`.
+
+    Example:
+        >>> a = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> rdiou_loss(a, a + torch.tensor([1.0, 0, 0, 0, 0, 0, 0]))
+        tensor([0.4310])
+    """
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
     rdiou, penalty = rotation_decoupled_iou(pred, target, eps)
     return reduce_loss(1 - (rdiou - penalty).clamp(-1, 1), pred, target, weights, reduction)
@@ -151,31 +191,76 @@ class _BoxLoss(nn.Module):
 
 
 class IoULoss(_BoxLoss):
-    """Module form of :func:`iou_loss`."""
+    """Module form of :func:`iou_loss`; options are validated when it is built.
+
+    Example:
+        >>> criterion = IoULoss(reduction="mean")
+        >>> criterion
+        IoULoss(reduction='mean', eps=1e-06)
+        >>> a = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0], [1.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> criterion(a, a[[1, 1]])  # a perfect box and a 1 m shift, averaged
+        tensor(0.2000)
+    """
 
     function = staticmethod(iou_loss)
 
 
 class LogIoULoss(_BoxLoss):
-    """Module form of :func:`log_iou_loss`."""
+    """Module form of :func:`log_iou_loss`; options are validated when it is built.
+
+    Example:
+        >>> criterion = LogIoULoss(reduction="mean")
+        >>> criterion
+        LogIoULoss(reduction='mean', eps=1e-06)
+        >>> a = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0], [1.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> criterion(a, a[[1, 1]])  # a perfect box and a 1 m shift, averaged
+        tensor(0.2554)
+    """
 
     function = staticmethod(log_iou_loss)
 
 
 class GIoULoss(_BoxLoss):
-    """Module form of :func:`giou_loss`."""
+    """Module form of :func:`giou_loss`; options are validated when it is built.
+
+    Example:
+        >>> criterion = GIoULoss(reduction="mean")
+        >>> criterion
+        GIoULoss(reduction='mean', eps=1e-06)
+        >>> a = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0], [1.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> criterion(a, a[[1, 1]])  # a perfect box and a 1 m shift, averaged
+        tensor(0.2000)
+    """
 
     function = staticmethod(giou_loss)
 
 
 class DIoULoss(_BoxLoss):
-    """Module form of :func:`diou_loss`."""
+    """Module form of :func:`diou_loss`; options are validated when it is built.
+
+    Example:
+        >>> criterion = DIoULoss(reduction="mean")
+        >>> criterion
+        DIoULoss(reduction='mean', eps=1e-06)
+        >>> a = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0], [1.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> criterion(a, a[[1, 1]])  # a perfect box and a 1 m shift, averaged
+        tensor(0.2160)
+    """
 
     function = staticmethod(diou_loss)
 
 
 class ODIoULoss(_BoxLoss):
-    """Module form of :func:`odiou_loss`."""
+    """Module form of :func:`odiou_loss`; options are validated when it is built.
+
+    Example:
+        >>> criterion = ODIoULoss(reduction="mean")
+        >>> criterion
+        ODIoULoss(reduction='mean', eps=1e-06, orientation_weight=1.0)
+        >>> a = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0], [1.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> criterion(a, a[[1, 1]])  # a perfect box and a 1 m shift, averaged
+        tensor(0.2160)
+    """
 
     function = staticmethod(odiou_loss)
 
@@ -185,7 +270,16 @@ class ODIoULoss(_BoxLoss):
 
 
 class RDIoULoss(_BoxLoss):
-    """Module form of :func:`rdiou_loss`."""
+    """Module form of :func:`rdiou_loss`; options are validated when it is built.
+
+    Example:
+        >>> criterion = RDIoULoss(reduction="mean")
+        >>> criterion
+        RDIoULoss(reduction='mean', eps=1e-06)
+        >>> a = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0], [1.0, 0.0, 0.0, 4.0, 2.0, 1.5, 0.0]])
+        >>> criterion(a, a[[1, 1]])  # a perfect box and a 1 m shift, averaged
+        tensor(0.2155)
+    """
 
     function = staticmethod(rdiou_loss)
 
