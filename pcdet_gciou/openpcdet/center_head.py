@@ -18,10 +18,13 @@ from .positives import (
     ScaledHostLoss,
     center_code_keep_mask,
     decode_center_boxes,
-    weighted_box_loss,
+    grouped_box_loss,
 )
 
 __all__ = ["CenterHeadGCIoU", "VoxelNeXtHeadGCIoU"]
+
+#: channels of the covered heads, in IOU_COVERED_HEADS order: centre offset, z, log dims, (cos, sin)
+COVERED_CHANNELS = (2, 1, 3, 2)
 
 
 class _CenterGCIoU:
@@ -71,20 +74,21 @@ class _CenterGCIoU:
             self._positives_cache = (key, [self._head_positives(targets, idx) for idx in range(len(key))])
         return self._positives_cache[1]
 
-    def _decode(self, rows: dict, cell_xy: torch.Tensor, gt: torch.Tensor, num: torch.Tensor) -> Positives:
-        pred = decode_center_boxes(rows["center"], rows["center_z"], rows["dim"], rows["rot"], cell_xy, *self._geometry)
+    def _decode(self, rows: torch.Tensor, cell_xy: torch.Tensor, gt: torch.Tensor, num: torch.Tensor) -> Positives:
+        """(P, 8) predictions (centre offset, z, log dims, cos, sin) at the positive cells -> Positives."""
+        pred = decode_center_boxes(*rows.float().split(COVERED_CHANNELS, dim=-1), cell_xy, *self._geometry)
         weights = torch.full_like(pred[:, 0], 1.0) / (num.to(pred.dtype) + 1e-4)
         return Positives(pred=pred, target=gt[:, :7].float(), weights=weights)
 
     def get_loss(self):
         loss, tb_dict = super().get_loss()
         heads = self.positives()
-        for idx, positives in enumerate(heads):
-            term = weighted_box_loss(positives, self.iou_loss_func, self.loss_options.iou_weight)
+        terms = grouped_box_loss(heads, self.iou_loss_func, self.loss_options.iou_weight)
+        ious = Positives.concat(heads).iou
+        for idx, (term, iou) in enumerate(zip(terms, ious.split([len(p.weights) for p in heads]))):
             loss = loss + term
             tb_dict[f"reg_iou_loss_head_{idx}"] = term.item()
-            tb_dict[f"iou_pos_head_{idx}"] = positives.mean_iou
-        ious = torch.cat([positives.iou for positives in heads])
+            tb_dict[f"iou_pos_head_{idx}"] = float(iou.mean()) if iou.numel() else 0.0
         tb_dict["iou_pos"] = float(ious.mean()) if ious.numel() else 0.0
         tb_dict["rpn_loss"] = loss.item()
         return loss, tb_dict
@@ -104,7 +108,8 @@ class CenterHeadGCIoU(_CenterGCIoU, CenterHead):
         mask = targets["masks"][idx] > 0
         batch, slot = mask.nonzero(as_tuple=True)
         cells = targets["inds"][idx][batch, slot]
-        rows = {name: pred_dict[name].flatten(2)[batch, :, cells].float() for name in IOU_COVERED_HEADS}
+        # one gather from the covered maps stacked (a gather per map costs as much again, in its backward)
+        rows = torch.cat([pred_dict[name] for name in IOU_COVERED_HEADS], dim=1).flatten(2)[batch, :, cells]
         width = pred_dict["center"].shape[-1]
         cell_xy = torch.stack([cells % width, torch.div(cells, width, rounding_mode="floor")], dim=-1)
         return self._decode(rows, cell_xy, targets["target_boxes_src"][idx][batch, slot], mask.sum())
@@ -133,7 +138,7 @@ class VoxelNeXtHeadGCIoU(_CenterGCIoU, VoxelNeXtHead):
         starts = counts.cumsum(0) - counts
         order = torch.argsort(batch_index, stable=True)
         rows_index = order[starts[batch] + targets["inds"][idx][batch, slot]]
-        rows = {name: pred_dict[name][rows_index].float() for name in IOU_COVERED_HEADS}
+        rows = torch.cat([pred_dict[name] for name in IOU_COVERED_HEADS], dim=1).index_select(0, rows_index)
         cell_xy = voxel_indices[rows_index][:, [-1, -2]]
         gt = pad_sequence(list(targets["gt_boxes"][idx]), batch_first=True)[batch, slot]
         return self._decode(rows, cell_xy, gt, mask.sum())

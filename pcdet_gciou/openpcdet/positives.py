@@ -36,6 +36,7 @@ from .anchor_ops import SIZE_LOG_CLAMP, clamp_encoded_sizes, residual_space_boxe
 __all__ = [
     "Positives",
     "weighted_box_loss",
+    "grouped_box_loss",
     "decode_anchor_positives",
     "decode_center_boxes",
     "ScaledHostLoss",
@@ -72,6 +73,11 @@ class Positives:
                 f"{tuple(self.pred.shape)}, {tuple(self.target.shape)}, {tuple(self.weights.shape)}"
             )
 
+    @classmethod
+    def concat(cls, groups: Sequence[Positives]) -> Positives:
+        """The positives of several groups (task heads) as one, in order; decoded-space boxes only."""
+        return cls(*(torch.cat([getattr(g, name) for g in groups]) for name in ("pred", "target", "weights")))
+
     @property
     def loss_boxes(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.loss_pred is None:
@@ -103,10 +109,17 @@ def weighted_box_loss(positives: Positives, loss_fn: Callable, scale: float) -> 
 
     Without positives it is an exact zero that still belongs to the graph of ``pred`` (so DDP sees the parameters).
     """
-    pred, target = positives.loss_boxes
-    if pred.shape[0] == 0:
-        return pred.sum() * 0.0
-    return scale * (loss_fn(pred, target) * positives.weights).sum()
+    return grouped_box_loss([positives], loss_fn, scale)[0]
+
+
+def grouped_box_loss(groups: Sequence[Positives], loss_fn: Callable, scale: float) -> list[torch.Tensor]:
+    """:func:`weighted_box_loss` of each group (e.g. each task head), with one call of ``loss_fn`` for all of them."""
+    pred = torch.cat([group.loss_boxes[0] for group in groups])
+    target = torch.cat([group.loss_boxes[1] for group in groups])
+    weights = torch.cat([group.weights for group in groups])
+    per_box = loss_fn(pred, target) * weights if pred.shape[0] else pred.sum(-1)
+    zero = pred.sum() * 0.0
+    return [zero + scale * chunk.sum() for chunk in per_box.split([g.weights.shape[0] for g in groups])]
 
 
 def decode_anchor_positives(
