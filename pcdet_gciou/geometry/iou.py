@@ -46,19 +46,16 @@ __all__ = [
 
 
 def _edge_crossings(start: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-    """Edge parameters t where ``start + t * step`` crosses ``-1`` and ``+1``: ``(..., edges, 2)``.
+    """Edge parameters t where ``start + t * step`` crosses ``x = +-1`` or ``y = +-1``: ``(..., edges, 4)``.
 
-    Only crossings strictly inside the edge (0 < t < 1) are real; a line the edge does not cross contributes
-    t = 0, a harmless extra sample of the edge's start.
+    ``start`` and ``step`` are ``(..., edges, 2)`` (x, y). Only crossings strictly inside the edge (0 < t < 1) are
+    real; a line the edge does not cross contributes t = 0, a harmless extra sample of the edge's start.
     """
-    ts = []
-    for bound in (-1.0, 1.0):
-        gap = bound - start
-        with torch.no_grad():
-            crosses = gap * (gap - step) < 0  # strictly opposite sides, so step != 0
-        safe_step = torch.where(crosses, step, torch.ones_like(step))
-        ts.append(torch.where(crosses, gap / safe_step, torch.zeros_like(gap)))
-    return torch.stack(ts, dim=-1)
+    gap = start.new_tensor([-1.0, 1.0]) - start[..., None]  # (..., edges, 2 coordinates, 2 bounds)
+    step = step[..., None]
+    with torch.no_grad():
+        crosses = gap * (gap - step) < 0  # strictly opposite sides, so step != 0
+    return torch.where(crosses, gap / torch.where(crosses, step, 1.0), 0.0).flatten(-2)
 
 
 def _bev_intersection_area(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
@@ -95,7 +92,7 @@ def _bev_intersection_area(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.
 
     # Sample every edge at its start and at its (up to four) crossings, in ascending t. The order is found
     # without gradient; the gradient flows through the gathered t values into the sample points.
-    crossings = torch.cat([_edge_crossings(start_x, step_x), _edge_crossings(start_y, step_y)], dim=-1)
+    crossings = _edge_crossings(torch.stack([start_x, start_y], dim=-1), torch.stack([step_x, step_y], dim=-1))
     order = torch.argsort(crossings.detach(), dim=-1)
     t = torch.cat([torch.zeros_like(crossings[..., :1]), crossings.gather(-1, order)], dim=-1)  # (..., 4, 5)
 
