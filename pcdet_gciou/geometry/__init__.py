@@ -39,7 +39,7 @@ from .iou import (
     rotated_overlap_3d,
     rotated_overlap_bev,
 )
-from .pairs import candidate_pairs, x_sweep_blocks
+from .pairs import candidate_pairs, fill_nonfinite_pairs, x_sweep_blocks
 
 __all__ = [
     "chunking",
@@ -54,6 +54,7 @@ __all__ = [
     "enclosing_box_3d",
     "enclosing_box_bev",
     "enclosing_z_extent",
+    "fill_nonfinite_pairs",
     "geometry_float",
     "heading_cos_error",
     "heading_error",

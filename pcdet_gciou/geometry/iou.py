@@ -32,7 +32,7 @@ import torch
 
 from .boxes import check_box_pair, detach_identical_pairs, promote_box_pair
 from .chunking import BLOCK_ELEMENTS, PAIRS_PER_CHUNK
-from .pairs import _check_matrix_inputs, candidate_pairs
+from .pairs import _check_matrix_inputs, candidate_pairs, fill_nonfinite_pairs
 
 __all__ = [
     "iou_from_overlap",
@@ -277,9 +277,7 @@ def _iou_matrix(
     for start in range(0, index1.numel(), pair_chunk):
         i, j = index1[start : start + pair_chunk], index2[start : start + pair_chunk]
         result[i, j] = iou_from_overlap(*kernel(boxes1[i], boxes2[j]))
-    result[~torch.isfinite(boxes1).all(dim=1)] = float("nan")  # never a silent 0 for a non-finite box
-    result[:, ~torch.isfinite(boxes2).all(dim=1)] = float("nan")
-    return result
+    return fill_nonfinite_pairs(result, boxes1, boxes2)  # never a silent 0 for a non-finite box
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ import torch
 from .boxes import check_boxes
 from .chunking import BLOCK_ELEMENTS, SWEEP_ROWS
 
-__all__ = ["x_sweep_blocks", "candidate_pairs"]
+__all__ = ["x_sweep_blocks", "candidate_pairs", "fill_nonfinite_pairs"]
 
 _SLACK = 1 + 1e-9
 
@@ -83,15 +83,21 @@ def x_sweep_blocks(
 
 
 class _Rectangles:
-    """Float64 BEV frame data of boxes: centre, half extents, heading cosine/sine, BEV circumradius, z-interval."""
+    """Float64 BEV frame data of boxes: centre, half extents, BEV circumradius, z-interval, heading cosine/sine."""
 
     def __init__(self, boxes: torch.Tensor) -> None:
-        boxes = boxes.double()
-        self.x, self.y, self.z = boxes[:, 0], boxes[:, 1], boxes[:, 2]
-        half = boxes[:, 3:6].clamp_min(0) / 2
+        self.boxes = boxes.double()
+        self.x, self.y, self.z = self.boxes[:, 0], self.boxes[:, 1], self.boxes[:, 2]
+        half = self.boxes[:, 3:6].clamp_min(0) / 2
         self.half_x, self.half_y, self.half_z = half[:, 0], half[:, 1], half[:, 2]
-        self.cos, self.sin = torch.cos(boxes[:, 6]), torch.sin(boxes[:, 6])
         self.radius = torch.hypot(self.half_x, self.half_y)
+        self._cos_sin: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+
+    def cos_sin(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Heading cosine and sine, computed once and only if the separating-axis stage runs."""
+        if self._cos_sin is None:
+            self._cos_sin = torch.cos(self.boxes[:, 6]), torch.sin(self.boxes[:, 6])
+        return self._cos_sin
 
 
 def _circles_meet(a: _Rectangles, b: _Rectangles, rows: torch.Tensor, cols: torch.Tensor, use_height: bool):
@@ -109,7 +115,8 @@ def _circles_meet(a: _Rectangles, b: _Rectangles, rows: torch.Tensor, cols: torc
 def _rectangles_meet(a: _Rectangles, b: _Rectangles, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
     """Separating-axis test of paired BEV rectangles ``a[i]``, ``b[j]``: ``(P,)`` True unless provably disjoint."""
     dx, dy = b.x[j] - a.x[i], b.y[j] - a.y[i]
-    cos_a, sin_a, cos_b, sin_b = a.cos[i], a.sin[i], b.cos[j], b.sin[j]
+    (cos_a, sin_a), (cos_b, sin_b) = a.cos_sin(), b.cos_sin()
+    cos_a, sin_a, cos_b, sin_b = cos_a[i], sin_a[i], cos_b[j], sin_b[j]
     ax, ay, bx, by = a.half_x[i], a.half_y[i], b.half_x[j], b.half_y[j]
     cos_rel = (cos_a * cos_b + sin_a * sin_b).abs()  # |cos| and |sin| of the relative rotation
     sin_rel = (sin_b * cos_a - cos_b * sin_a).abs()
@@ -120,10 +127,36 @@ def _rectangles_meet(a: _Rectangles, b: _Rectangles, i: torch.Tensor, j: torch.T
     return meet
 
 
+def _nonfinite_rows(boxes: torch.Tensor) -> Optional[torch.Tensor]:
+    """``(N,)`` mask of the boxes with a NaN or infinite parameter, or None when there are none."""
+    if bool(torch.isfinite(boxes.sum())):  # one reduction decides the common case
+        return None
+    nonfinite = ~torch.isfinite(boxes).all(dim=1)
+    return nonfinite if bool(nonfinite.any()) else None  # the sum overflowed, the boxes are finite
+
+
 def _finite_rows(boxes: torch.Tensor) -> Optional[torch.Tensor]:
     """Indices of the boxes with only finite parameters, or None when that is all of them."""
-    finite = torch.isfinite(boxes).all(dim=1)
-    return None if bool(finite.all()) else finite.nonzero()[:, 0]
+    nonfinite = _nonfinite_rows(boxes)
+    return None if nonfinite is None else (~nonfinite).nonzero()[:, 0]
+
+
+def fill_nonfinite_pairs(matrix: torch.Tensor, boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Set the rows of ``matrix`` for boxes1 and the columns for boxes2 with a NaN or infinite parameter to NaN.
+
+    In place, and returned: a pair matrix never shows a silent number for a non-finite box.
+
+    Example:
+        >>> boxes = torch.tensor([[0.0, 0, 0, 1, 1, 1, 0], [0.0, 0, 0, 1, 1, float("inf"), 0]])
+        >>> fill_nonfinite_pairs(torch.zeros(2, 1), boxes, boxes[:1])
+        tensor([[0.],
+                [nan]])
+    """
+    for boxes, view in ((boxes1, matrix), (boxes2, matrix.T)):
+        nonfinite = _nonfinite_rows(boxes)
+        if nonfinite is not None:
+            view[nonfinite] = float("nan")
+    return matrix
 
 
 def _check_matrix_inputs(boxes1: torch.Tensor, boxes2: torch.Tensor) -> None:
@@ -181,7 +214,11 @@ def candidate_pairs(
     a = _Rectangles(boxes1 if index1 is None else boxes1[index1])
     b = _Rectangles(boxes2 if index2 is None else boxes2[index2])
     pairs_i, pairs_j = [], []
-    for rows_a, cols_b in x_sweep_blocks(a.x, a.radius, b.x, float(b.radius.max())):
+    if a.x.numel() * b.x.numel() <= block_elements:  # one dense block: no sweep, and its pairs come out sorted
+        blocks = [(torch.arange(a.x.numel(), device=a.x.device), torch.arange(b.x.numel(), device=b.x.device))]
+    else:
+        blocks = x_sweep_blocks(a.x, a.radius, b.x, float(b.radius.max()))
+    for rows_a, cols_b in blocks:
         if cols_b.numel() == 0:
             continue
         for rows in rows_a.split(max(1, block_elements // cols_b.numel())):
@@ -197,7 +234,7 @@ def candidate_pairs(
     pair_i, pair_j = torch.cat(pairs_i), torch.cat(pairs_j)
     pair_i = pair_i if index1 is None else index1[pair_i]
     pair_j = pair_j if index2 is None else index2[pair_j]
-    if sort:
+    if sort and len(pairs_i) > 1:
         order = torch.argsort(pair_i * boxes2.shape[0] + pair_j)
         pair_i, pair_j = pair_i[order], pair_j[order]
     return pair_i, pair_j

@@ -22,6 +22,7 @@ import torch
 from pcdet_gciou.geometry import (
     candidate_pairs,
     check_boxes,
+    fill_nonfinite_pairs,
     points_in_boxes_mask,
     rotated_iou_3d,
     rotated_iou_3d_matrix,
@@ -52,8 +53,6 @@ def overlapping_pairs(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> tuple[tor
     The geometry's one prefilter, :func:`pcdet_gciou.geometry.candidate_pairs`: every pair with non-zero BEV
     overlap is among them.
     """
-    check_boxes("boxes_a", boxes_a, ndim=2)
-    check_boxes("boxes_b", boxes_b, ndim=2)
     return candidate_pairs(boxes_a, boxes_b, sort=True)
 
 
@@ -75,9 +74,7 @@ def pairwise_box_values(
         for start in range(0, pair_i.numel(), PAIRS_PER_CHUNK):
             i, j = pair_i[start : start + PAIRS_PER_CHUNK], pair_j[start : start + PAIRS_PER_CHUNK]
             out[i, j] = paired_fn(boxes_a[i], boxes_b[j]).to(dtype)
-    out[~torch.isfinite(boxes_a).all(dim=1)] = float("nan")
-    out[:, ~torch.isfinite(boxes_b).all(dim=1)] = float("nan")
-    return out
+    return fill_nonfinite_pairs(out, boxes_a, boxes_b)
 
 
 def boxes_iou_bev(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
