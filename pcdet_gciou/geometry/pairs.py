@@ -6,7 +6,7 @@ evaluator's overlaps (``pcdet_gciou.openpcdet.cpu``), and, through :func:`x_swee
 Three stages, each a necessary condition for a positive overlap, so no overlapping pair is ever dropped:
 
 1. sort and sweep along x: a block of queries, taken in x order, meets only the boxes whose x lies within reach
-   (binary search in the x-sorted boxes);
+   (binary search in the x-sorted boxes); inputs with at most ``SWEEP_ROWS**2`` pairs are one dense block;
 2. BEV circumscribed circles (and, for 3D, z-intervals) meet, tested densely inside the block;
 3. separating-axis test of the two rectangles (the exact overlap test of two convex polygons: they are disjoint
    iff their projections on one of the four edge normals are), which removes the circle test's false positives
@@ -214,7 +214,7 @@ def candidate_pairs(
     a = _Rectangles(boxes1 if index1 is None else boxes1[index1])
     b = _Rectangles(boxes2 if index2 is None else boxes2[index2])
     pairs_i, pairs_j = [], []
-    if a.x.numel() * b.x.numel() <= block_elements:  # one dense block: no sweep, and its pairs come out sorted
+    if a.x.numel() * b.x.numel() <= SWEEP_ROWS**2:  # small: one dense block, no sweep, pairs come out sorted
         blocks = [(torch.arange(a.x.numel(), device=a.x.device), torch.arange(b.x.numel(), device=b.x.device))]
     else:
         blocks = x_sweep_blocks(a.x, a.radius, b.x, float(b.radius.max()))
