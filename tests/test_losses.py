@@ -1,5 +1,6 @@
 """Tests of the loss family: golden values, gradient rescaling, options, validation, degenerate boxes."""
 
+import functools
 import math
 
 import pytest
@@ -282,5 +283,5 @@ def test_gciou_gradcheck_float64():
     pred, target = random_pairs(6, seed=6)
     pred[:, 6] = target[:, 6] + torch.tensor([0.2, -0.4, 0.7, 1.0, -1.2, 0.3], dtype=torch.float64)
     pred.requires_grad_()
-    for options in ({}, {"g": "exp"}, {"alpha": None, "g": None}):
-        assert torch.autograd.gradcheck(lambda p: gciou_loss(p, target, **options), (pred,))
+    for options in ({}, {"g": "exp"}, {"alpha": None, "g": None}, {"p_form": "linear", "alpha": 3.0}):
+        assert torch.autograd.gradcheck(functools.partial(gciou_loss, target=target, **options), (pred,))
