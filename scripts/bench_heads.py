@@ -1,15 +1,24 @@
 """Cost of CenterHeadGCIoU's IoU box loss against the host CenterHead's L1 regression loss, in the same run.
 
 On real KITTI frames (batch 2 by default) through ``cfgs/kitti_models/centerpoint_gciou.yaml``: the backbone runs
-once; then, per step, the head's forward and targets are recomputed, its outputs are detached into leaves, and each
-loss term is timed forward + backward to those outputs (median of ``--steps``):
+once; then, per step, the head's forward and targets are recomputed and its outputs detached into leaves, and
+three regions are timed, each forward + backward to those outputs, with fresh gradients (median of ``--steps``;
+the order of the regions rotates from step to step):
 
-- ``host L1``: the host's ``RegLossCenterNet`` over all task heads, x code weights x loc_weight;
-- ``GCIoU``: finding and decoding the positives at the GT centres, the GCIoU loss, its backward and the logged IoU.
+- ``host L1, stock``: what OpenPCDet's ``CenterHead.get_loss`` computes for box regression, per task head: the
+  ``HEAD_ORDER`` maps concatenated, ``RegLossCenterNet`` (channels-last copy of the maps, gather at the 500
+  ``inds`` slots, masked L1), x code weights x loc_weight;
+- ``ours, host L1``: the same lines with our head's ``reg_loss_func`` (the host's L1 on a gather of the flat maps,
+  its rows kept; ``KEEP_L1: False`` zeroes the covered codes);
+- ``ours, host L1 + GCIoU``: the same, then ``head.iou_terms()``: the positives' rows taken from the host's
+  gather, decoded, the GCIoU loss, and the logged values (its IoUs and ``.item()``), one backward for all.
+
+The GCIoU term's cost is ``(ours, host L1 + GCIoU) - (host L1, stock)``: what training with our head adds to the
+stock head's box regression.
 
 Usage::
 
-    python scripts/bench_heads.py --data_path /path/to/kitti [--batch 2] [--steps 8]
+    python scripts/bench_heads.py --data_path /path/to/kitti [--batch 2] [--steps 8] [--threads N]
 """
 
 from __future__ import annotations
@@ -48,33 +57,26 @@ def kitti_frames(data_path: Path, cfg, count: int) -> list[dict]:
     return sorted(frames, key=lambda frame: -len(frame["gt_names"]))[:count]
 
 
-def timed(fn) -> float:
+def timed(fn, leaves: list[torch.Tensor]) -> float:
+    for leaf in leaves:
+        leaf.grad = None
     start = time.perf_counter()
     fn()
     return (time.perf_counter() - start) * 1e3
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_path", type=Path, required=True, help="KITTI-layout root (training/, ImageSets/)")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8)
-    args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        from pcdet_gciou.openpcdet import cpu
-
-        cpu.install()
+def build_head(data_path: Path, batch_size: int):
+    """The GCIoU CenterPoint head and the BEV features of the ``batch_size`` KITTI frames with most objects."""
     from pcdet.datasets.dataset import DatasetTemplate
     from pcdet.models import build_network, load_data_to_gpu
 
     from pcdet_gciou.openpcdet import register
-    from pcdet_gciou.openpcdet.positives import Positives, grouped_box_loss
 
     register()
     cfg = load_config(CONFIG)
     augmentor = cfg.DATA_CONFIG.DATA_AUGMENTOR
     augmentor.DISABLE_AUG_LIST = [a.NAME for a in augmentor.AUG_CONFIG_LIST]
-    frames = kitti_frames(args.data_path, cfg, args.batch)
+    frames = kitti_frames(data_path, cfg, batch_size)
     dataset = DatasetTemplate(dataset_cfg=cfg.DATA_CONFIG, class_names=cfg.CLASS_NAMES, training=True, logger=None)
     batch = dataset.collate_batch([dataset.prepare_data(frame) for frame in frames])
     load_data_to_gpu(batch)
@@ -83,27 +85,53 @@ def main(argv=None) -> None:
     with torch.no_grad():
         for module in model.module_list[:-1]:
             batch = module(batch)
-    head = model.dense_head
-    weights = cfg.MODEL.DENSE_HEAD.LOSS_CONFIG.LOSS_WEIGHTS
-    host_l1 = getattr(head.reg_loss_func, "inner", head.reg_loss_func)
+    return model.dense_head, batch, cfg.MODEL.DENSE_HEAD.LOSS_CONFIG.LOSS_WEIGHTS
 
-    def host_loss():
-        preds, targets = head.forward_ret_dict["pred_dicts"], head.forward_ret_dict["target_dicts"]
-        total = 0.0
-        for idx, pred_dict in enumerate(preds):
-            boxes = torch.cat([pred_dict[name] for name in head.separate_head_cfg.HEAD_ORDER], dim=1)
-            per_code = host_l1(boxes, targets["masks"][idx], targets["inds"][idx], targets["target_boxes"][idx])
-            total = total + (per_code * per_code.new_tensor(weights["code_weights"])).sum() * weights["loc_weight"]
-        total.backward(retain_graph=True)
 
-    def gciou_loss():
+def host_regression(head, reg_loss_func, weights) -> torch.Tensor:
+    """The box-regression lines of ``CenterHead.get_loss``, with the given regression loss."""
+    preds, targets = head.forward_ret_dict["pred_dicts"], head.forward_ret_dict["target_dicts"]
+    total = 0.0
+    for idx, pred_dict in enumerate(preds):
+        boxes = torch.cat([pred_dict[name] for name in head.separate_head_cfg.HEAD_ORDER], dim=1)
+        per_code = reg_loss_func(boxes, targets["masks"][idx], targets["inds"][idx], targets["target_boxes"][idx])
+        total = total + (per_code * per_code.new_tensor(weights["code_weights"])).sum() * weights["loc_weight"]
+    return total
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_path", type=Path, required=True, help="KITTI-layout root (training/, ImageSets/)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if not torch.cuda.is_available():
+        from pcdet_gciou.openpcdet import cpu
+
+        cpu.install()
+    head, batch, weights = build_head(args.data_path, args.batch)
+
+    def host_stock():
+        host_regression(head, head.reg_loss_func.inner, weights).backward()
+
+    def ours_host_l1():
+        head.reg_loss_func.gathered.clear()
+        host_regression(head, head.reg_loss_func, weights).backward()
+
+    def ours_with_gciou():
+        head.reg_loss_func.gathered.clear()
         head._positives_cache = None
-        heads = head.positives()
-        total = sum(grouped_box_loss(heads, head.iou_loss_func, head.loss_options.iou_weight))
-        total.backward(retain_graph=True)
-        return Positives.concat(heads).mean_iou
+        total = host_regression(head, head.reg_loss_func, weights)
+        terms, _ = head.iou_terms()
+        for term in terms:
+            total = total + term
+        total.backward()
 
-    rows = {"host L1 (RegLossCenterNet)": [], "GCIoU (decode + loss + IoU log)": []}
+    terms = {"host L1, stock": host_stock, "ours, host L1": ours_host_l1, "ours, host L1 + GCIoU": ours_with_gciou}
+    rows = {name: [] for name in terms}
     for step in range(args.steps):
         head({**batch, "gt_boxes": batch["gt_boxes"].clone()})
         # the head's outputs become leaves: the timings cover the loss terms, not the backward through the convs
@@ -111,15 +139,18 @@ def main(argv=None) -> None:
             {name: value.detach().requires_grad_() for name, value in pred_dict.items()}
             for pred_dict in head.forward_ret_dict["pred_dicts"]
         ]
-        terms = [("host L1 (RegLossCenterNet)", host_loss), ("GCIoU (decode + loss + IoU log)", gciou_loss)]
-        for name, term in terms[:: 1 if step % 2 else -1]:  # alternate the order: the first backward pays more
-            rows[name].append(timed(term))
+        leaves = [value for pred_dict in head.forward_ret_dict["pred_dicts"] for value in pred_dict.values()]
+        names = list(terms)
+        for name in names[step % 3 :] + names[: step % 3]:
+            rows[name].append(timed(terms[name], leaves))
     positives = sum(p.pred.shape[0] for p in head.positives())
     print(f"CenterHeadGCIoU, {args.batch} KITTI frames, {positives} positives, {torch.get_num_threads()} threads")
-    print("| term (forward + backward) | median ms | min ms |")
+    print("| region (forward + backward) | median ms | min ms |")
     print("|---|---|---|")
     for name, times in rows.items():
         print(f"| {name} | {statistics.median(times):.2f} | {min(times):.2f} |")
+    added = [ours - host for ours, host in zip(rows["ours, host L1 + GCIoU"], rows["host L1, stock"])]
+    print(f"| GCIoU term = (ours, host L1 + GCIoU) - (host L1, stock), per step | {statistics.median(added):.2f} | |")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ from .positives import (
     IOU_COVERED_HEADS,
     Positives,
     ScaledHostLoss,
+    SharedGatherRegLoss,
     center_code_keep_mask,
     decode_center_boxes,
+    gather_center_rows,
     grouped_box_loss,
 )
 
@@ -54,9 +56,6 @@ class _CenterGCIoU:
             raise ValueError(
                 f"{type(self).__name__} needs HEAD_ORDER with {list(IOU_COVERED_HEADS)}, missing {missing}"
             )
-        if not options.keep_l1:
-            keep = center_code_keep_mask(head_order, self.separate_head_cfg.HEAD_DICT)
-            self.reg_loss_func = ScaledHostLoss(self.reg_loss_func, keep)
         self.loss_options = options
         self.iou_loss_func = options.reg_loss.build()
         self._geometry = (
@@ -80,16 +79,25 @@ class _CenterGCIoU:
         weights = torch.full_like(pred[:, 0], 1.0) / (num.to(pred.dtype) + 1e-4)
         return Positives(pred=pred, target=gt[:, :7].float(), weights=weights)
 
-    def get_loss(self):
-        loss, tb_dict = super().get_loss()
+    def iou_terms(self) -> tuple[list[torch.Tensor], dict]:
+        """Per task head the IoU loss term, and what is logged of it: ``reg_iou_loss_head_k``, ``iou_pos_head_k``
+        and ``iou_pos``. Everything the IoU loss adds to the host's step (timed by ``scripts/bench_heads.py``)."""
         heads = self.positives()
         terms = grouped_box_loss(heads, self.iou_loss_func, self.loss_options.iou_weight)
         ious = Positives.concat(heads).iou
+        logged = {}
         for idx, (term, iou) in enumerate(zip(terms, ious.split([len(p.weights) for p in heads]))):
+            logged[f"reg_iou_loss_head_{idx}"] = term.item()
+            logged[f"iou_pos_head_{idx}"] = float(iou.mean()) if iou.numel() else 0.0
+        logged["iou_pos"] = float(ious.mean()) if ious.numel() else 0.0
+        return terms, logged
+
+    def get_loss(self):
+        loss, tb_dict = super().get_loss()
+        terms, logged = self.iou_terms()
+        for term in terms:
             loss = loss + term
-            tb_dict[f"reg_iou_loss_head_{idx}"] = term.item()
-            tb_dict[f"iou_pos_head_{idx}"] = float(iou.mean()) if iou.numel() else 0.0
-        tb_dict["iou_pos"] = float(ious.mean()) if ious.numel() else 0.0
+        tb_dict.update(logged)
         tb_dict["rpn_loss"] = loss.item()
         return loss, tb_dict
 
@@ -101,15 +109,33 @@ class CenterHeadGCIoU(_CenterGCIoU, CenterHead):
         options = parse_center_loss_config(model_cfg.LOSS_CONFIG)
         super().__init__(model_cfg, *args, **kwargs)
         self._init_gciou(options)
+        head_order, head_dict = list(self.separate_head_cfg.HEAD_ORDER), self.separate_head_cfg.HEAD_DICT
+        keep = None if options.keep_l1 else center_code_keep_mask(head_order, head_dict)
+        self.reg_loss_func = SharedGatherRegLoss(self.reg_loss_func, keep)
+        starts = dict(zip(head_order, torch.tensor([head_dict[n]["out_channels"] for n in head_order]).cumsum(0)))
+        covered = [torch.arange(starts[n] - head_dict[n]["out_channels"], starts[n]) for n in IOU_COVERED_HEADS]
+        self.register_buffer("_covered_channels", torch.cat(covered), persistent=False)
+
+    def get_loss(self):
+        self.reg_loss_func.gathered.clear()  # the host's L1 gathers this step's rows, the IoU term reuses them
+        return super().get_loss()
 
     def _head_positives(self, targets: dict, idx: int) -> Positives:
-        """Head ``idx``: the dense maps read at the GT cells ``inds`` (``y * W + x``) where ``masks`` is set."""
+        """Head ``idx``: the maps at the GT cells ``inds`` (``y * W + x``) where ``masks`` is set.
+
+        The rows are those the host's L1 gathered this step (``HEAD_ORDER`` channels); when asked before the host's
+        loss ran, they are gathered here in the same way.
+        """
         pred_dict = self.forward_ret_dict["pred_dicts"][idx]
+        inds = targets["inds"][idx]
+        rows = self.reg_loss_func.rows_for(inds)
+        if rows is None:
+            maps = torch.cat([pred_dict[name] for name in self.separate_head_cfg.HEAD_ORDER], dim=1)
+            rows = gather_center_rows(maps, inds)
         mask = targets["masks"][idx] > 0
         batch, slot = mask.nonzero(as_tuple=True)
-        cells = targets["inds"][idx][batch, slot]
-        # one gather from the covered maps stacked (a gather per map costs as much again, in its backward)
-        rows = torch.cat([pred_dict[name] for name in IOU_COVERED_HEADS], dim=1).flatten(2)[batch, :, cells]
+        cells = inds[batch, slot]
+        rows = rows[batch.unsqueeze(1), slot.unsqueeze(1), self._covered_channels]
         width = pred_dict["center"].shape[-1]
         cell_xy = torch.stack([cells % width, torch.div(cells, width, rounding_mode="floor")], dim=-1)
         return self._decode(rows, cell_xy, targets["target_boxes_src"][idx][batch, slot], mask.sum())
@@ -127,6 +153,9 @@ class VoxelNeXtHeadGCIoU(_CenterGCIoU, VoxelNeXtHead):
         options = parse_center_loss_config(model_cfg.LOSS_CONFIG)
         super().__init__(model_cfg, *args, **kwargs)
         self._init_gciou(options)
+        if not options.keep_l1:
+            keep = center_code_keep_mask(list(self.separate_head_cfg.HEAD_ORDER), self.separate_head_cfg.HEAD_DICT)
+            self.reg_loss_func = ScaledHostLoss(self.reg_loss_func, keep)
 
     def _head_positives(self, targets: dict, idx: int) -> Positives:
         pred_dict = self.forward_ret_dict["pred_dicts"][idx]

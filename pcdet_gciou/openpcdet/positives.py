@@ -40,6 +40,8 @@ __all__ = [
     "decode_anchor_positives",
     "decode_center_boxes",
     "ScaledHostLoss",
+    "SharedGatherRegLoss",
+    "gather_center_rows",
     "center_code_keep_mask",
 ]
 
@@ -212,3 +214,48 @@ class ScaledHostLoss(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.inner(*args, **kwargs) * self.scale
+
+
+def gather_center_rows(maps: torch.Tensor, inds: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) maps read at the flat cells ``inds`` (B, K) (``y * W + x``) -> (B, K, C) rows.
+
+    The same rows as OpenPCDet's ``_transpose_and_gather_feat``, read from the (B, C, H*W) view instead of a
+    channels-last copy of the whole map (the copy and its backward cost more than the gather itself).
+
+    Example:
+        >>> maps = torch.arange(12.0).reshape(1, 2, 2, 3)  # channel 0: 0..5, channel 1: 6..11
+        >>> gather_center_rows(maps, torch.tensor([[4, 0]]))
+        tensor([[[ 4., 10.],
+                 [ 0.,  6.]]])
+    """
+    index = inds.unsqueeze(1).expand(-1, maps.shape[1], -1)
+    return maps.flatten(2).gather(2, index).transpose(1, 2).contiguous()
+
+
+class SharedGatherRegLoss(nn.Module):
+    """A centre head's regression loss ``inner(maps, mask, ind, target)`` computed on :func:`gather_center_rows`.
+
+    ``inner`` gets the gathered rows with ``ind=None`` (OpenPCDet's ``RegLossCenterNet`` then reads them as its
+    prediction), so its values are the host's; ``scale`` (a per-code vector, or None) multiplies its output as
+    :class:`ScaledHostLoss` does. The rows of each call are kept in ``gathered`` (``(ind, rows)`` pairs, cleared
+    by the head each step): the IoU term reads its channels from them, so the maps are gathered, and their
+    gradient scattered back, once for both losses.
+    """
+
+    def __init__(self, inner: nn.Module, scale=None):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer(
+            "scale", None if scale is None else torch.as_tensor(scale, dtype=torch.float32), persistent=False
+        )
+        self.gathered: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def rows_for(self, inds: torch.Tensor) -> Optional[torch.Tensor]:
+        """The rows gathered at this very ``inds`` tensor since the last clear, or None."""
+        return next((rows for key, rows in self.gathered if key is inds), None)
+
+    def forward(self, maps: torch.Tensor, mask: torch.Tensor, ind: torch.Tensor, target: torch.Tensor):
+        rows = gather_center_rows(maps, ind)
+        self.gathered.append((ind, rows))
+        loss = self.inner(rows, mask, None, target)
+        return loss if self.scale is None else loss * self.scale
