@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from pcdet_gciou.config import load_config
-from pcdet_gciou.losses import build_loss
-from pcdet_gciou.openpcdet.positives import SharedGatherRegLoss, decode_center_boxes, gather_center_rows
+from pcdet_gciou.losses import build_loss, gciou_loss, gciou_loss_and_iou
+from pcdet_gciou.openpcdet.positives import (
+    Positives,
+    SharedGatherRegLoss,
+    decode_center_boxes,
+    gather_center_rows,
+    grouped_box_loss,
+    grouped_box_loss_and_iou,
+)
 
 PCDET = pytest.mark.pcdet
 MODELS_DIR = Path(__file__).resolve().parents[1] / "cfgs" / "kitti_models"
@@ -152,6 +159,46 @@ def test_centerpoint_gciou_step_on_real_frames(second_features):
     (same, turned), (diou_same, diou_turned) = _heading_sensitivity(head.positives()[0])
     assert bool((turned > same + 0.1).all())
     torch.testing.assert_close(diou_turned, diou_same)
+
+
+def _random_groups(sizes, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    groups = []
+    for size in sizes:
+        target = torch.rand(size, 7, generator=generator) * torch.tensor([10, 10, 1, 4, 2, 1.5, 3.0]) + 0.5
+        pred = (target + 0.3 * torch.randn(size, 7, generator=generator)).requires_grad_()
+        groups.append(Positives(pred=pred, target=target, weights=torch.rand(size, generator=generator)))
+    return groups
+
+
+@pytest.mark.parametrize("options", [{}, {"g": "exp", "grad_rescale": True}, {"alpha": 3.0, "p_form": "linear"}])
+def test_gciou_loss_and_iou_is_the_loss_and_its_iou(options):
+    from pcdet_gciou.geometry import rotated_iou_3d
+
+    (group,) = _random_groups([6])
+    for reduction in ("none", "mean", "sum"):
+        loss, iou = gciou_loss_and_iou(group.pred, group.target, group.weights, reduction=reduction, **options)
+        expected = gciou_loss(group.pred, group.target, group.weights, reduction=reduction, **options)
+        assert torch.equal(loss, expected) and loss.requires_grad and not iou.requires_grad
+        torch.testing.assert_close(iou, rotated_iou_3d(group.pred, group.target).detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["gciou", "log_iou"])
+def test_grouped_box_loss_and_iou_equals_the_loss_and_the_logged_iou(name):
+    groups = _random_groups([3, 0, 5])
+    criterion = build_loss(name)
+    terms, iou = grouped_box_loss_and_iou(groups, criterion, 2.0)
+    expected = grouped_box_loss(groups, criterion, 2.0)
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(terms, expected))
+    assert torch.equal(iou, Positives.concat(groups).iou) and float(iou.min()) >= 0.0
+    grads = torch.autograd.grad(sum(terms), [g.pred for g in groups if len(g.weights)])
+    expected_grads = torch.autograd.grad(sum(expected), [g.pred for g in groups if len(g.weights)])
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(grads, expected_grads))
+    empty_terms, empty_iou = grouped_box_loss_and_iou(_random_groups([0]), criterion, 2.0)
+    assert float(empty_terms[0]) == 0.0 and empty_iou.shape == (0,)
+    groups[0].loss_pred, groups[0].loss_target = groups[0].pred, groups[0].target
+    with pytest.raises(ValueError, match="decoded-space"):
+        grouped_box_loss_and_iou(groups, criterion, 2.0)
 
 
 @PCDET

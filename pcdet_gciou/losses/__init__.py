@@ -11,7 +11,7 @@ from typing import Dict
 
 from torch import nn
 
-from .gciou import ANGLE_TERMS, P_FORMS, GCIoULoss, gciou_loss, rescale_size_grad
+from .gciou import ANGLE_TERMS, P_FORMS, GCIoULoss, gciou_loss, gciou_loss_and_iou, rescale_size_grad
 from .iou_losses import (
     BASELINE_LOSSES,
     DIoULoss,
@@ -79,6 +79,7 @@ __all__ = [
     "build_loss",
     "GCIoULoss",
     "gciou_loss",
+    "gciou_loss_and_iou",
     "rescale_size_grad",
     "IoULoss",
     "LogIoULoss",

@@ -176,6 +176,35 @@ def gciou_loss(
         >>> gciou_loss(pred, target, reduction="mean")  # -ln(IoU) e^(0.3^2) + tan(0.3), IoU = 0.6971 (shapely)
         tensor(0.7042)
     """
+    options = dict(alpha=alpha, g=g, max_angle=max_angle, p_form=p_form, grad_rescale=grad_rescale)
+    return gciou_loss_and_iou(
+        pred, target, weights, **options, rescale_normalize=rescale_normalize, reduction=reduction, eps=eps
+    )[0]
+
+
+def gciou_loss_and_iou(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weights: Optional[torch.Tensor] = None,
+    *,
+    alpha: Optional[float] = 2.0,
+    g: Optional[str] = "tan",
+    max_angle: float = DEFAULT_MAX_ANGLE,
+    p_form: str = "power",
+    grad_rescale: bool = False,
+    rescale_normalize: bool = False,
+    reduction: str = "none",
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gciou_loss`, and the ``(...)`` IoU of the pairs it computed on the way, detached (to log it without
+    computing it twice). Same arguments as :func:`gciou_loss`.
+
+    Example:
+        >>> pred = torch.tensor([[0.0, 0.0, 0.0, 3.9, 1.6, 1.56, 0.3]])
+        >>> target = torch.tensor([[0.0, 0.0, 0.0, 3.9, 1.6, 1.56, 0.0]])
+        >>> gciou_loss_and_iou(pred, target, reduction="mean")
+        (tensor(0.7042), tensor([0.6971]))
+    """
     _check_gciou_options(alpha, g, max_angle, p_form, grad_rescale, rescale_normalize, reduction, eps)
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
     if grad_rescale:
@@ -190,7 +219,7 @@ def gciou_loss(
     iou = iou_from_overlap(*rotated_overlap_3d(pred, target))
     delta = heading_error(pred[..., 6], target[..., 6]).clamp_max(max_angle)
     loss = -torch.log(iou + eps) * _angle_weight(delta, alpha, p_form) + _angle_offset(delta, g)
-    return reduce_loss(loss, pred, target, weights, reduction)
+    return reduce_loss(loss, pred, target, weights, reduction), iou.detach()
 
 
 class GCIoULoss(nn.Module):
@@ -227,7 +256,13 @@ class GCIoULoss(nn.Module):
         self.reduction, self.eps = reduction, eps
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return gciou_loss(
+        return self.loss_and_iou(pred, target, weights)[0]
+
+    def loss_and_iou(
+        self, pred: torch.Tensor, target: torch.Tensor, weights: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and the detached IoU it computed (:func:`gciou_loss_and_iou`)."""
+        return gciou_loss_and_iou(
             pred,
             target,
             weights,

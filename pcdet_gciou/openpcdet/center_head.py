@@ -20,7 +20,7 @@ from .positives import (
     center_code_keep_mask,
     decode_center_boxes,
     gather_center_rows,
-    grouped_box_loss,
+    grouped_box_loss_and_iou,
 )
 
 __all__ = ["CenterHeadGCIoU", "VoxelNeXtHeadGCIoU"]
@@ -70,11 +70,14 @@ class _CenterGCIoU:
         key = self.forward_ret_dict["pred_dicts"]
         if self._positives_cache is None or self._positives_cache[0] is not key:
             targets = self.forward_ret_dict["target_dicts"]
-            self._positives_cache = (key, [self._head_positives(targets, idx) for idx in range(len(key))])
+            self._positives_cache = (key, self._all_positives(targets))
         return self._positives_cache[1]
 
     def _decode(self, rows: torch.Tensor, cell_xy: torch.Tensor, gt: torch.Tensor, num: torch.Tensor) -> Positives:
-        """(P, 8) predictions (centre offset, z, log dims, cos, sin) at the positive cells -> Positives."""
+        """(P, 8) predictions (centre offset, z, log dims, cos, sin) at the positive cells -> Positives.
+
+        ``num``: the number of positives of each one's task head (a scalar, or (P,)).
+        """
         pred = decode_center_boxes(*rows.float().split(COVERED_CHANNELS, dim=-1), cell_xy, *self._geometry)
         weights = torch.full_like(pred[:, 0], 1.0) / (num.to(pred.dtype) + 1e-4)
         return Positives(pred=pred, target=gt[:, :7].float(), weights=weights)
@@ -83,8 +86,7 @@ class _CenterGCIoU:
         """Per task head the IoU loss term, and what is logged of it: ``reg_iou_loss_head_k``, ``iou_pos_head_k``
         and ``iou_pos``. Everything the IoU loss adds to the host's step (timed by ``scripts/bench_heads.py``)."""
         heads = self.positives()
-        terms = grouped_box_loss(heads, self.iou_loss_func, self.loss_options.iou_weight)
-        ious = Positives.concat(heads).iou
+        terms, ious = grouped_box_loss_and_iou(heads, self.iou_loss_func, self.loss_options.iou_weight)
         logged = {}
         for idx, (term, iou) in enumerate(zip(terms, ious.split([len(p.weights) for p in heads]))):
             logged[f"reg_iou_loss_head_{idx}"] = term.item()
@@ -120,25 +122,36 @@ class CenterHeadGCIoU(_CenterGCIoU, CenterHead):
         self.reg_loss_func.gathered.clear()  # the host's L1 gathers this step's rows, the IoU term reuses them
         return super().get_loss()
 
-    def _head_positives(self, targets: dict, idx: int) -> Positives:
-        """Head ``idx``: the maps at the GT cells ``inds`` (``y * W + x``) where ``masks`` is set.
+    def _all_positives(self, targets: dict) -> list[Positives]:
+        """The maps at the GT cells ``inds`` (``y * W + x``) where ``masks`` is set, all task heads decoded at once.
 
         The rows are those the host's L1 gathered this step (``HEAD_ORDER`` channels); when asked before the host's
         loss ran, they are gathered here in the same way.
         """
-        pred_dict = self.forward_ret_dict["pred_dicts"][idx]
-        inds = targets["inds"][idx]
+        preds = self.forward_ret_dict["pred_dicts"]
+        rows = torch.stack([self._task_rows(pred_dict, inds) for pred_dict, inds in zip(preds, targets["inds"])])
+        masks = torch.stack(list(targets["masks"])) > 0
+        task, batch, slot = masks.nonzero(as_tuple=True)
+        cells = torch.stack(list(targets["inds"]))[task, batch, slot]
+        covered = rows[task.unsqueeze(1), batch.unsqueeze(1), slot.unsqueeze(1), self._covered_channels]
+        width = preds[0]["center"].shape[-1]
+        cell_xy = torch.stack([cells % width, torch.div(cells, width, rounding_mode="floor")], dim=-1)
+        gt = torch.stack([boxes[..., :7] for boxes in targets["target_boxes_src"]])[task, batch, slot]
+        counts = masks.sum(dim=(1, 2))
+        decoded = self._decode(covered, cell_xy, gt, counts[task])
+        sizes = counts.tolist()
+        return [
+            Positives(pred=pred, target=target, weights=weights)
+            for pred, target, weights in zip(*(t.split(sizes) for t in (decoded.pred, decoded.target, decoded.weights)))
+        ]
+
+    def _task_rows(self, pred_dict: dict, inds: torch.Tensor) -> torch.Tensor:
         rows = self.reg_loss_func.rows_for(inds)
         if rows is None:
-            maps = torch.cat([pred_dict[name] for name in self.separate_head_cfg.HEAD_ORDER], dim=1)
-            rows = gather_center_rows(maps, inds)
-        mask = targets["masks"][idx] > 0
-        batch, slot = mask.nonzero(as_tuple=True)
-        cells = inds[batch, slot]
-        rows = rows[batch.unsqueeze(1), slot.unsqueeze(1), self._covered_channels]
-        width = pred_dict["center"].shape[-1]
-        cell_xy = torch.stack([cells % width, torch.div(cells, width, rounding_mode="floor")], dim=-1)
-        return self._decode(rows, cell_xy, targets["target_boxes_src"][idx][batch, slot], mask.sum())
+            rows = gather_center_rows(
+                torch.cat([pred_dict[name] for name in self.separate_head_cfg.HEAD_ORDER], 1), inds
+            )
+        return rows
 
 
 class VoxelNeXtHeadGCIoU(_CenterGCIoU, VoxelNeXtHead):
@@ -156,6 +169,9 @@ class VoxelNeXtHeadGCIoU(_CenterGCIoU, VoxelNeXtHead):
         if not options.keep_l1:
             keep = center_code_keep_mask(list(self.separate_head_cfg.HEAD_ORDER), self.separate_head_cfg.HEAD_DICT)
             self.reg_loss_func = ScaledHostLoss(self.reg_loss_func, keep)
+
+    def _all_positives(self, targets: dict) -> list[Positives]:
+        return [self._head_positives(targets, idx) for idx in range(len(targets["masks"]))]
 
     def _head_positives(self, targets: dict, idx: int) -> Positives:
         pred_dict = self.forward_ret_dict["pred_dicts"][idx]

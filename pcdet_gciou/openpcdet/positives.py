@@ -37,6 +37,7 @@ __all__ = [
     "Positives",
     "weighted_box_loss",
     "grouped_box_loss",
+    "grouped_box_loss_and_iou",
     "decode_anchor_positives",
     "decode_center_boxes",
     "ScaledHostLoss",
@@ -118,8 +119,28 @@ def grouped_box_loss(groups: Sequence[Positives], loss_fn: Callable, scale: floa
     """:func:`weighted_box_loss` of each group (e.g. each task head), with one call of ``loss_fn`` for all of them."""
     pred = torch.cat([group.loss_boxes[0] for group in groups])
     target = torch.cat([group.loss_boxes[1] for group in groups])
+    return _group_terms(loss_fn(pred, target) if pred.shape[0] else pred.sum(-1), pred, groups, scale)
+
+
+def grouped_box_loss_and_iou(groups: Sequence[Positives], loss_fn: Callable, scale: float):
+    """:func:`grouped_box_loss` and the decoded IoU of all the positives (``Positives.concat(groups).iou``).
+
+    A loss with ``loss_and_iou`` (GCIoU) gives the IoU it computed for the loss; others get it computed apart.
+    Decoded-space groups only (the loss must see the decoded boxes for its IoU to be theirs).
+    """
+    if any(group.loss_pred is not None for group in groups):
+        raise ValueError("grouped_box_loss_and_iou needs decoded-space positives (loss_pred None)")
+    pred = torch.cat([group.pred for group in groups])
+    target = torch.cat([group.target for group in groups])
+    if not pred.shape[0] or not hasattr(loss_fn, "loss_and_iou"):
+        return grouped_box_loss(groups, loss_fn, scale), Positives.concat(groups).iou
+    per_box, iou = loss_fn.loss_and_iou(pred, target)
+    return _group_terms(per_box, pred, groups, scale), iou.clamp(0.0, 1.0)
+
+
+def _group_terms(per_box: torch.Tensor, pred: torch.Tensor, groups: Sequence[Positives], scale: float):
     weights = torch.cat([group.weights for group in groups])
-    per_box = loss_fn(pred, target) * weights if pred.shape[0] else pred.sum(-1)
+    per_box = per_box * weights
     zero = pred.sum() * 0.0
     return [zero + scale * chunk.sum() for chunk in per_box.split([g.weights.shape[0] for g in groups])]
 
