@@ -11,10 +11,12 @@ the order of the regions rotates from step to step):
 - ``ours, host L1``: the same lines with our head's ``reg_loss_func`` (the host's L1 on a gather of the flat maps,
   its rows kept; ``KEEP_L1: False`` zeroes the covered codes);
 - ``ours, host L1 + GCIoU``: the same, then ``head.iou_terms()``: the positives' rows taken from the host's
-  gather, decoded, the GCIoU loss, and the logged values (its IoUs and ``.item()``), one backward for all.
+  gather, decoded, the GCIoU loss, and the logged values (its IoUs and ``.item()``), one backward for all;
+- ``GCIoU loss alone``: for reference, ``iou_loss_func`` on this step's decoded positives made leaves, forward +
+  backward (the floor: the rotated-IoU geometry, whatever the head does around it).
 
 The GCIoU term's cost is ``(ours, host L1 + GCIoU) - (host L1, stock)``: what training with our head adds to the
-stock head's box regression.
+stock head's box regression; ``- (ours, host L1)`` gives the IoU term's own work, the shared gather excluded.
 
 Usage::
 
@@ -130,7 +132,18 @@ def main(argv=None) -> None:
             total = total + term
         total.backward()
 
-    terms = {"host L1, stock": host_stock, "ours, host L1": ours_host_l1, "ours, host L1 + GCIoU": ours_with_gciou}
+    decoded = {}
+
+    def loss_alone():
+        boxes = decoded["pred"].clone().requires_grad_()
+        head.iou_loss_func(boxes, decoded["target"]).sum().backward()
+
+    terms = {
+        "host L1, stock": host_stock,
+        "ours, host L1": ours_host_l1,
+        "ours, host L1 + GCIoU": ours_with_gciou,
+        "GCIoU loss alone": loss_alone,
+    }
     rows = {name: [] for name in terms}
     for step in range(args.steps):
         head({**batch, "gt_boxes": batch["gt_boxes"].clone()})
@@ -140,8 +153,11 @@ def main(argv=None) -> None:
             for pred_dict in head.forward_ret_dict["pred_dicts"]
         ]
         leaves = [value for pred_dict in head.forward_ret_dict["pred_dicts"] for value in pred_dict.values()]
+        with torch.no_grad():
+            decoded.update(pred=torch.cat([p.pred for p in head.positives()]))
+            decoded.update(target=torch.cat([p.target for p in head.positives()]))
         names = list(terms)
-        for name in names[step % 3 :] + names[: step % 3]:
+        for name in names[step % len(names) :] + names[: step % len(names)]:
             rows[name].append(timed(terms[name], leaves))
     positives = sum(p.pred.shape[0] for p in head.positives())
     print(f"CenterHeadGCIoU, {args.batch} KITTI frames, {positives} positives, {torch.get_num_threads()} threads")
@@ -149,8 +165,9 @@ def main(argv=None) -> None:
     print("|---|---|---|")
     for name, times in rows.items():
         print(f"| {name} | {statistics.median(times):.2f} | {min(times):.2f} |")
-    added = [ours - host for ours, host in zip(rows["ours, host L1 + GCIoU"], rows["host L1, stock"])]
-    print(f"| GCIoU term = (ours, host L1 + GCIoU) - (host L1, stock), per step | {statistics.median(added):.2f} | |")
+    for base in ("host L1, stock", "ours, host L1"):
+        added = [ours - host for ours, host in zip(rows["ours, host L1 + GCIoU"], rows[base])]
+        print(f"| GCIoU term = (ours, host L1 + GCIoU) - ({base}), per step | {statistics.median(added):.2f} | |")
 
 
 if __name__ == "__main__":
