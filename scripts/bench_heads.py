@@ -101,6 +101,18 @@ def host_regression(head, reg_loss_func, weights) -> torch.Tensor:
     return total
 
 
+def report(rows: dict, batch_size: int, positives: int) -> None:
+    """The markdown table: each region's median and min, and the GCIoU term as per-step differences."""
+    print(f"CenterHeadGCIoU, {batch_size} KITTI frames, {positives} positives, {torch.get_num_threads()} threads")
+    print("| region (forward + backward) | median ms | min ms |")
+    print("|---|---|---|")
+    for name, times in rows.items():
+        print(f"| {name} | {statistics.median(times):.2f} | {min(times):.2f} |")
+    for base in ("host L1, stock", "ours, host L1"):
+        added = [ours - host for ours, host in zip(rows["ours, host L1 + GCIoU"], rows[base])]
+        print(f"| GCIoU term = (ours, host L1 + GCIoU) - ({base}), per step | {statistics.median(added):.2f} | |")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_path", type=Path, required=True, help="KITTI-layout root (training/, ImageSets/)")
@@ -159,15 +171,7 @@ def main(argv=None) -> None:
         names = list(terms)
         for name in names[step % len(names) :] + names[: step % len(names)]:
             rows[name].append(timed(terms[name], leaves))
-    positives = sum(p.pred.shape[0] for p in head.positives())
-    print(f"CenterHeadGCIoU, {args.batch} KITTI frames, {positives} positives, {torch.get_num_threads()} threads")
-    print("| region (forward + backward) | median ms | min ms |")
-    print("|---|---|---|")
-    for name, times in rows.items():
-        print(f"| {name} | {statistics.median(times):.2f} | {min(times):.2f} |")
-    for base in ("host L1, stock", "ours, host L1"):
-        added = [ours - host for ours, host in zip(rows["ours, host L1 + GCIoU"], rows[base])]
-        print(f"| GCIoU term = (ours, host L1 + GCIoU) - ({base}), per step | {statistics.median(added):.2f} | |")
+    report(rows, args.batch, sum(p.pred.shape[0] for p in head.positives()))
 
 
 if __name__ == "__main__":
