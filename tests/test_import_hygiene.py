@@ -21,6 +21,11 @@ MODULES = [
     "pcdet_gciou.openpcdet.app.train",
     "pcdet_gciou.openpcdet.app.evaluate",
     "pcdet_gciou.openpcdet.app.prepare",
+    "pcdet_gciou.openpcdet.ablation",
+    "pcdet_gciou.openpcdet.evaluation",
+    "pcdet_gciou.openpcdet.get",
+    "pcdet_gciou.openpcdet.ct_bev_backbone",
+    "pcdet_gciou.nn",
     "pcdet_gciou.simulate",
     "pcdet_gciou.analysis",
 ]
