@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from config_paths import config_diff
 
 from pcdet_gciou.config import AttrDict, apply_set_args, config_tag, load_config, project_root
 
@@ -28,22 +29,6 @@ ALLOWED_PAIR_DIFF_PREFIXES = (
     ("MODEL", "ROI_HEAD", "LOSS_CONFIG"),
     ("OPTIMIZATION", "GRAD_NORM_CLIP"),
 )
-
-
-def flatten(node, prefix=()):
-    """Nested config -> {key path tuple: leaf value}; lists are leaves (they are replaced, not merged)."""
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            out.update(flatten(value, (*prefix, key)))
-        return out
-    return {prefix: node}
-
-
-def config_diff(a, b):
-    """Key paths whose values differ (or exist on one side only)."""
-    fa, fb = flatten(a), flatten(b)
-    return sorted(path for path in set(fa) | set(fb) if fa.get(path, "<missing>") != fb.get(path, "<missing>"))
 
 
 def write(path: Path, text: str) -> Path:

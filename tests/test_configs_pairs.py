@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from config_paths import config_diff, flatten
 
 from pcdet_gciou.config import load_config
 
@@ -33,20 +34,6 @@ LOSS_BLOCKS = {
     "VoxelNeXt": "center_head_loss.yaml",
     "Anchor": "anchor_head_loss.yaml",
 }
-
-
-def flatten(node, prefix=()):
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            out.update(flatten(value, (*prefix, key)))
-        return out
-    return {prefix: node}
-
-
-def config_diff(a, b):
-    fa, fb = flatten(a), flatten(b)
-    return sorted(path for path in set(fa) | set(fb) if fa.get(path, "<missing>") != fb.get(path, "<missing>"))
 
 
 def _stock(rel: str, tmp_path) -> dict:

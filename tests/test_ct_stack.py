@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from config_paths import flatten
 from torch import nn
 
 from pcdet_gciou.config import load_config
@@ -132,15 +133,9 @@ def test_configs_are_car_only_with_the_official_data_settings(name):
     assert _count(backbone) == OFFICIAL_PARAMETERS
 
 
-def _flatten(node, prefix=()):
-    if isinstance(node, dict):
-        return {k: v for key, value in node.items() for k, v in _flatten(value, (*prefix, key)).items()}
-    return {prefix: node}
-
-
 def test_pair_differs_in_the_regression_loss_only_and_uses_the_shared_block():
     base, full = (load_config(MODELS / f"{n}.yaml").to_dict() for n in ("ct_stack", "ct_stack_gciou"))
-    flat_base, flat_full = _flatten(base), _flatten(full)
+    flat_base, flat_full = flatten(base), flatten(full)
     differing = {
         k for k in flat_base.keys() | flat_full.keys() if flat_base.get(k, "<none>") != flat_full.get(k, "<none>")
     }
@@ -151,9 +146,9 @@ def test_pair_differs_in_the_regression_loss_only_and_uses_the_shared_block():
     # the shared GCIoU loss, with the paper's full model on top: Eq. 18 as written (Table 1, row 6)
     assert loss_cfg["REG_LOSS"] == {**shared["REG_LOSS"], "grad_rescale": True, "rescale_normalize": False}
     # ct_stack.yaml restates the shared block's other settings; they must stay in step
-    for key, value in _flatten(shared).items():
+    for key, value in flatten(shared).items():
         if key[0] != "REG_LOSS":
-            assert _flatten(loss_cfg)[key] == value, key
+            assert flatten(loss_cfg)[key] == value, key
 
 
 # ------------------------------------------------------------------------------ one step on real frames
