@@ -2,6 +2,7 @@
 resume lookup, and DDP sharding of the Trainer (gloo, 2 processes)."""
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -96,6 +97,7 @@ def _ddp_worker(rank, world_size, run_dir, port):
         build_scheduler,
         make_epoch_loader,
     )
+    from pcdet_gciou.training.distributed import shutdown_distributed
 
     torch.manual_seed(0)
     model = TinyNet()
@@ -132,12 +134,15 @@ def _ddp_worker(rank, world_size, run_dir, port):
     torch.distributed.all_gather_object(gathered, (seen, [p.detach().clone() for p in model.parameters()]))
     if rank == 0:
         torch.save(gathered, Path(run_dir) / "gathered.pt")
-    torch.distributed.destroy_process_group()
+    del ddp  # the DDP reducer holds the process group: release it before the teardown, not at interpreter exit
+    shutdown_distributed()
 
 
 @pytest.mark.slow
 def test_ddp_shards_data_and_only_rank0_writes(tmp_path):
-    port = 29500 + os.getpid() % 1000
+    with socket.socket() as probe:  # a port the OS says is free, not one derived from the pid
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path), port), nprocs=2, join=True)
     (seen0, params0), (seen1, params1) = torch.load(tmp_path / "gathered.pt", weights_only=False)
     # 8 samples over 2 ranks: 4 each, disjoint, together the whole dataset

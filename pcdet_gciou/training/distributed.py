@@ -48,7 +48,15 @@ def init_distributed(launcher: str, *, use_cuda: bool) -> ProcessInfo:
     return ProcessInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), device)
 
 
-def shutdown_distributed() -> None:
-    """Destroy the process group when one is initialised."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+def shutdown_distributed(*, synchronize: bool = True) -> None:
+    """Destroy the process group when one is initialised.
+
+    With ``synchronize`` every rank first waits at a barrier, so no rank tears its gloo/NCCL connections down while a
+    peer is still writing (an early teardown can abort the peer with SIGABRT). Pass ``False`` when unwinding from an
+    error, where the other ranks may never reach the barrier.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if synchronize:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()

@@ -252,7 +252,7 @@ def train_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from .. import runtime
 
     run = _prepare(parse_train_args(argv))
-    metrics = None
+    metrics, finished = None, False
     try:
         _seed(run)
         runtime.import_pcdet(cpu=run.args.cpu)
@@ -278,9 +278,10 @@ def train_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         start = time.time()
         state = trainer.fit()
+        finished = True
     finally:
         if metrics is not None:
             metrics.close()
-        shutdown_distributed()
+        shutdown_distributed(synchronize=finished)
     run.logger.info(f"done: epoch {state.epoch}, iteration {state.global_iter}, {time.time() - start:.1f} s")
     return {"run_dir": run.run_dir.root, "epoch": state.epoch, "global_iter": state.global_iter}
