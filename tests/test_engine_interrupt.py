@@ -47,7 +47,9 @@ state = {}
 def step(m, batch):
     if state["trainer"].state.global_iter + 1 == pause_at:
         (run / "paused").touch()
-        time.sleep(1.5)  # the signal arrives during this step, which must still complete
+        deadline = time.monotonic() + 60
+        while not (run / "signalled").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)  # hold this step until the test has sent its signal: the step must still complete
     x, y = batch
     loss = torch.nn.functional.mse_loss(m(x), y)
     return loss, {}
@@ -91,6 +93,7 @@ def test_signal_checkpoints_the_step_and_rerun_resumes_bit_exactly(tmp_path, sig
         assert time.monotonic() < deadline, "the training script never reached iteration 5"
         time.sleep(0.05)
     part.send_signal(sig)
+    (tmp_path / "part" / "signalled").touch()
     out, err = part.communicate(timeout=60)
     assert part.returncode == 130, out + err
     assert out.strip() == f"STOPPED {sig.name} 5 5"  # the interrupted step completed and was checkpointed
