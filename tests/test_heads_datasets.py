@@ -18,6 +18,7 @@ MODELS = [
     "waymo_models/centerpoint_gciou",
     "waymo_models/second_gciou",
     "waymo_models/pointpillar_1x_gciou",
+    "waymo_models/pv_rcnn_gciou",
     "nuscenes_models/cbgs_voxel0075_res3d_centerpoint_gciou",
     "nuscenes_models/cbgs_pp_multihead_gciou",
     "nuscenes_models/cbgs_voxel0075_voxelnext_gciou",
@@ -98,3 +99,6 @@ def test_model_trains_one_step_on_a_kitti_frame_in_its_dataset_format(name, kitt
     assert float(error.max()) < 1e-3  # the decoded targets are the frame's boxes
     grads = [p.grad for n, p in model.dense_head.named_parameters() if "box" in n or "center" in n or "dim" in n]
     assert grads and all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
+    if model.roi_head is not None:  # PV-RCNN: the second stage trains too
+        roi_grads = [p.grad for n, p in model.roi_head.named_parameters() if n.startswith("reg_layers")]
+        assert roi_grads and all(g is not None and bool(torch.isfinite(g).all()) for g in roi_grads)
