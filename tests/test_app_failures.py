@@ -4,6 +4,7 @@ the run) or 1 (during the run); --debug adds the traceback; an unknown exception
 The tools run as subprocesses, exactly as a user starts them. All but one fail before OpenPCDet is imported, so they
 need no pcdet; the GT-sampler case builds the dataset and is pcdet-marked."""
 
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -33,12 +34,12 @@ def _assert_one_line(result, code, *fragments):
 
 @pytest.fixture
 def tree(tmp_path):
-    """A KITTI-layout folder with split lists and (empty) info files: enough for every check before OpenPCDet."""
+    """A KITTI-layout folder with split lists and one-frame info files: enough for every check before OpenPCDet."""
     root = tmp_path / "kitti"
     (root / "ImageSets").mkdir(parents=True)
     for split in ("train", "val"):
         (root / "ImageSets" / f"{split}.txt").write_text("000000\n")
-        (root / f"kitti_infos_{split}.pkl").write_bytes(b"")
+        (root / f"kitti_infos_{split}.pkl").write_bytes(pickle.dumps([{"point_cloud": {"lidar_idx": "000000"}}]))
     return root
 
 
@@ -87,10 +88,27 @@ def test_infos_not_prepared_names_prepare_tool(tree, tmp_path):
     _assert_one_line(_train(tree, tmp_path), 2, "infos not prepared", "kitti_infos_train.pkl", "tools/prepare_kitti.py")
 
 
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"", "cannot be read (EOFError"),
+        (pickle.dumps([{"frame": 1}])[:-3], "cannot be read"),
+        (b"\x80\x04garbage", "cannot be read"),
+        (pickle.dumps({"Car": []}), "holds a dict, not the list"),
+        (pickle.dumps([]), "hold no frame"),
+    ],
+)
+def test_corrupt_or_empty_infos_name_the_file_and_prepare(tree, tmp_path, content, fragment):
+    (tree / "kitti_infos_train.pkl").write_bytes(content)
+    _assert_one_line(_train(tree, tmp_path), 2, "kitti_infos_train.pkl", fragment, "tools/prepare_kitti.py")
+
+
 def test_gt_sampling_without_gt_database(tree, tmp_path):
     line = _assert_one_line(_train(tree, tmp_path, sets=[]), 2, "kitti_dbinfos_train.pkl, which is missing")
     assert "tools/prepare_kitti.py" in line and "DISABLE_AUG_LIST" in line
-    (tree / "kitti_dbinfos_train.pkl").write_bytes(b"")
+    (tree / "kitti_dbinfos_train.pkl").write_bytes(b"\x80\x04truncated")
+    _assert_one_line(_train(tree, tmp_path, sets=[]), 2, "kitti_dbinfos_train.pkl cannot be read", "corrupt")
+    (tree / "kitti_dbinfos_train.pkl").write_bytes(pickle.dumps({"Car": []}))
     _assert_one_line(_train(tree, tmp_path, sets=[]), 2, "USE_ROAD_PLANE", "planes", "DISABLE_AUG_LIST")
 
 

@@ -6,8 +6,9 @@ built (before the network is).
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from .errors import UsageError
 
@@ -42,6 +43,26 @@ def _check_kitti(root: Path, data_cfg: Mapping, mode: str) -> None:
     for name in data_cfg["INFO_PATH"][mode]:
         if not (root / name).is_file():
             raise UsageError(f"infos not prepared: {root / name} is missing; {_prepare_hint(root)}")
+        infos = _load_prepared(root / name, list, root)
+        if not infos:
+            raise UsageError(f"infos {root / name} hold no frame; {_prepare_hint(root)} again")
+
+
+def _load_prepared(path: Path, kind: type, root: Path) -> Any:
+    """The pickle ``prepare_kitti`` wrote at ``path``, which must hold a ``kind``; else one line naming the fix."""
+    try:
+        with path.open("rb") as handle:
+            content = pickle.load(handle)
+    except Exception as exc:  # truncated or not a pickle: pickle raises many types (EOFError, UnpicklingError, ...)
+        raise UsageError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc}); it is corrupt: {_prepare_hint(root)} again"
+        ) from exc
+    if not isinstance(content, kind):
+        raise UsageError(
+            f"{path} holds a {type(content).__name__}, not the {kind.__name__} tools/prepare_kitti.py writes; "
+            f"{_prepare_hint(root)} again"
+        )
+    return content
 
 
 def _check_gt_database(root: Path, sampling: Mapping) -> None:
@@ -51,6 +72,7 @@ def _check_gt_database(root: Path, sampling: Mapping) -> None:
                 f"GT sampling needs the GT database {root / name}, which is missing; {_prepare_hint(root)}, "
                 f"or switch GT sampling off: {DISABLE_GT_SAMPLING}"
             )
+        _load_prepared(root / name, dict, root)
     if sampling.get("USE_ROAD_PLANE"):
         planes = root / "training" / "planes"
         if not planes.is_dir():
