@@ -185,6 +185,7 @@ def test_commands_train_then_test_the_final_epoch(tmp_path):
     row = next(r for r in resolve_table(1, tmp_path, nproc=2, extra=["--workers", "2"]) if r["row"] == "GR")
     train, test = row["commands"]
     assert train[1:4] == ["-m", "torch.distributed.run", "--nproc_per_node=2"] and "--launcher=pytorch" in train
+    assert "--standalone" in train
     assert train[train.index("--set") + 1 :] == row["set"] and test[test.index("--set") + 1 :] == row["set"]
     assert train[train.index("--epochs") + 1] == "40"
     ckpt = Path(test[test.index("--ckpt") + 1])

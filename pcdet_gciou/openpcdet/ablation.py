@@ -197,7 +197,15 @@ def row_commands(
     sets = ["--set", *resolved["set"]] if resolved["set"] else []
     launch = [sys.executable, str(root / "tools" / "train.py")]
     if nproc > 1:
-        launch = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *launch[1:]]
+        # --standalone: a free rendezvous port, so two ablations can run side by side on one machine
+        launch = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={nproc}",
+            "--standalone",
+            *launch[1:],
+        ]
         launch.append("--launcher=pytorch")
     train = [*launch, *common, "--epochs", str(final), *sets]
     ckpt = run_dir(runs_dir, resolved) / "ckpt" / f"checkpoint_epoch_{final}.pth"
