@@ -194,6 +194,8 @@ def bench_paired(device: torch.device, sizes, repeats: int, dtype: torch.dtype, 
             cases.append((f"{label} fwd", functools.partial(forward, fn), label != "rotated_iou_3d"))
             cases.append((f"{label} fwd+bwd", functools.partial(forward_backward, fn), label != "rotated_iou_3d"))
         cases.append(("gciou_loss fwd+bwd", functools.partial(forward_backward, gciou_loss), False))
+        rescaled = functools.partial(gciou_loss, grad_rescale=True)  # Eq. 18: must cost no second overlap
+        cases.append(("gciou_loss grad_rescale fwd+bwd", functools.partial(forward_backward, rescaled), False))
         for label, step, compiled in cases:
             note = ""
             try:

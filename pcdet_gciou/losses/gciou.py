@@ -8,6 +8,7 @@ pp. 5136-5145.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Optional
 
 import torch
@@ -21,20 +22,11 @@ P_FORMS = ("power", "linear")
 DEFAULT_MAX_ANGLE = 0.49 * math.pi
 
 
-class _RescaleSizeGrad(torch.autograd.Function):
-    """Identity in forward; in backward multiplies the gradient of ``boxes[..., 3:6]`` by ``factor``."""
-
-    @staticmethod
-    def forward(ctx, boxes: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(factor)
-        return boxes.view_as(boxes)
-
-    @staticmethod
-    def backward(ctx, grad_output: torch.Tensor):
-        (factor,) = ctx.saved_tensors
-        scale = torch.ones_like(grad_output)
-        scale[..., 3:6] = factor.to(grad_output.dtype)[..., None]
-        return grad_output * scale, None
+def _scale_size_grad(grad: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``grad`` with its ``dx, dy, dz`` columns (``[..., 3:6]``) multiplied by ``factor``: the Eq. 18 update."""
+    scale = torch.ones_like(grad)
+    scale[..., 3:6] = factor.to(grad.dtype)[..., None]
+    return grad * scale
 
 
 def rescale_size_grad(boxes: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -61,7 +53,20 @@ def rescale_size_grad(boxes: torch.Tensor, factor: torch.Tensor) -> torch.Tensor
     if not isinstance(factor, torch.Tensor) or factor.shape != boxes.shape[:-1]:
         got = tuple(factor.shape) if isinstance(factor, torch.Tensor) else type(factor).__name__
         raise ValueError(f"factor must be a tensor of shape {tuple(boxes.shape[:-1])}, got {got}")
-    return _RescaleSizeGrad.apply(boxes, factor.detach())
+    rescaled = boxes.view_as(boxes)
+    if rescaled.requires_grad:
+        rescaled.register_hook(partial(_scale_size_grad, factor=factor.detach()))
+    return rescaled
+
+
+def _eq18_factor(union: torch.Tensor, weights: Optional[torch.Tensor], normalize: bool) -> torch.Tensor:
+    """``U^(2/3)`` per pair, optionally divided by its mean over the pairs of non-zero weight (a constant)."""
+    factor = union.detach().clamp_min(0) ** (2.0 / 3.0)
+    if normalize:
+        active = torch.ones_like(factor) if weights is None else (weights != 0).to(factor.dtype)
+        mean = (factor * active).sum() / active.sum().clamp_min(1)
+        factor = factor / torch.where(mean > 0, mean, torch.ones_like(mean))
+    return factor
 
 
 def _angle_weight(delta: torch.Tensor, alpha: Optional[float], p_form: str) -> torch.Tensor:
@@ -142,8 +147,9 @@ def gciou_loss(
     tan(0.49 pi) = 31.8), so it is the safer choice when large heading errors are common.
 
     Gradient rescaling (Eq. 18, ``grad_rescale=True``): the gradient reaching ``pred``'s sizes ``dx, dy, dz`` is
-    multiplied by the detached ``U ** (2/3)`` (``U`` = union volume of the pair), via
-    :func:`rescale_size_grad`; the loss value and every other gradient are unchanged. The size gradient of
+    multiplied by the detached ``U ** (2/3)`` (``U`` = union volume of the pair, taken from this forward: a
+    gradient hook, as in :func:`rescale_size_grad`, so the rescaling costs no second overlap computation); the
+    loss value and every other gradient are unchanged. The size gradient of
     an IoU loss scales as ``1/s``; the factor scales as ``s^2``, so the step grows with the object. With
     ``rescale_normalize=True`` the factor is divided by its (weighted) batch mean, keeping the global step
     size comparable to the unscaled loss. The official code computes a different rescaling and never
@@ -208,15 +214,11 @@ def gciou_loss_and_iou(
     _check_gciou_options(alpha, g, max_angle, p_form, grad_rescale, rescale_normalize, reduction, eps)
     pred, target = check_loss_inputs(pred, target, weights, reduction, eps)
     if grad_rescale:
-        with torch.no_grad():
-            _, union = rotated_overlap_3d(pred, target)
-            factor = union.clamp_min(0) ** (2.0 / 3.0)
-            if rescale_normalize:
-                active = torch.ones_like(factor) if weights is None else (weights != 0).to(factor.dtype)
-                mean = (factor * active).sum() / active.sum().clamp_min(1)
-                factor = factor / torch.where(mean > 0, mean, torch.ones_like(mean))
-        pred = rescale_size_grad(pred, factor)
-    iou = iou_from_overlap(*rotated_overlap_3d(pred, target))
+        pred = pred.view_as(pred)  # the node whose size gradient Eq. 18 rescales, once this forward gives U
+    overlap, union = rotated_overlap_3d(pred, target)
+    iou = iou_from_overlap(overlap, union)
+    if grad_rescale and pred.requires_grad:
+        pred.register_hook(partial(_scale_size_grad, factor=_eq18_factor(union, weights, rescale_normalize)))
     delta = heading_error(pred[..., 6], target[..., 6]).clamp_max(max_angle)
     loss = -torch.log(iou + eps) * _angle_weight(delta, alpha, p_form) + _angle_offset(delta, g)
     return reduce_loss(loss, pred, target, weights, reduction), iou.detach()
