@@ -37,6 +37,7 @@ def test_bench_quick_mode_prints_all_rows():
         "rotated_iou_3d fwd",
         "rotated_iou_3d fwd+bwd",
         "gciou_loss fwd+bwd",
+        "gciou_loss grad_rescale fwd+bwd",
         "rotated_iou_3d_matrix",
         "shapely reference loop (float64)",
     ]

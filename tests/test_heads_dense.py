@@ -6,6 +6,7 @@ import math
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,6 +58,7 @@ def second_features(kitti_root):
 
     register()
     torch.manual_seed(0)
+    np.random.seed(0)  # training mode shuffles the points (numpy), which changes the voxels and so the features
     cfg, dataset = _dataset("centerpoint", kitti_root)
     counts = [int((dataset[i]["gt_boxes"][:, 3] > 0).sum()) for i in range(len(dataset))]
     order = sorted(range(len(dataset)), key=lambda i: -counts[i])[:2]
@@ -151,11 +153,13 @@ def test_centerpoint_gciou_step_on_real_frames(second_features):
         torch.testing.assert_close(positives.pred, host[batch, cell_xy[:, 1], cell_xy[:, 0]], rtol=1e-5, atol=1e-5)
     loss.backward()
     for task in head.heads_list:
-        for name in ("center", "dim", "rot"):
+        for name in ("dim", "rot"):
             assert float(getattr(task, name)[-1].weight.grad.abs().sum()) > 0, name
-        # z is in the graph; its gradient may be exactly 0 here: a -ln(IoU)-based loss does not move a predicted
-        # box whose vertical extent lies inside the GT's (the overlap height is then the predicted height)
-        assert task.center_z[-1].weight.grad is not None
+        # centre and z are in the graph, but a task's gradient may be exactly 0: -ln(IoU) does not move a box
+        # nested in the other (at initialisation the 1 m predictions often sit inside a car, or around a
+        # pedestrian), nor one that does not overlap at all; so the centre gradient is asserted over all tasks
+        assert task.center[-1].weight.grad is not None and task.center_z[-1].weight.grad is not None
+    assert sum(float(task.center[-1].weight.grad.abs().sum()) for task in head.heads_list) > 0
     (same, turned), (diou_same, diou_turned) = _heading_sensitivity(head.positives()[0])
     assert bool((turned > same + 0.1).all())
     torch.testing.assert_close(diou_turned, diou_same)
