@@ -26,12 +26,14 @@ PAIRS = {
     "nuscenes_models/cbgs_voxel0075_res3d_centerpoint": "CenterHeadGCIoU",
     "nuscenes_models/cbgs_pp_multihead": "AnchorHeadMultiGCIoU",
     "nuscenes_models/cbgs_voxel0075_voxelnext": "VoxelNeXtHeadGCIoU",
+    "nuscenes_models/transfusion_lidar": "TransFusionHeadGCIoU",
 }
 STOCK_BASELINES = [name for name in PAIRS if name != "kitti_models/centerpoint"]  # ours has no stock file
 DATASETS = ["dataset_configs/waymo_dataset", "dataset_configs/nuscenes_dataset"]
 LOSS_BLOCKS = {
     "Center": "center_head_loss.yaml",
     "VoxelNeXt": "center_head_loss.yaml",
+    "TransFusion": "center_head_loss.yaml",
     "Anchor": "anchor_head_loss.yaml",
 }
 
@@ -100,8 +102,10 @@ def test_waymo_pv_rcnn_pair_uses_the_roi_option_off():
 
 @pytest.mark.parametrize("name", list(PAIRS))
 def test_gciou_loss_blocks_validate(name):
-    from pcdet_gciou.openpcdet.loss_config import parse_center_loss_config, parse_dense_loss_config
+    from pcdet_gciou.openpcdet import loss_config
 
     head = load_config(CFGS / f"{name}_gciou.yaml").MODEL.DENSE_HEAD
-    parse = parse_dense_loss_config if head.NAME.startswith("Anchor") else parse_center_loss_config
+    parsers = {"Anchor": "dense", "Center": "center", "VoxelNeXt": "center", "TransFusion": "transfusion"}
+    kind = next(kind for prefix, kind in parsers.items() if head.NAME.startswith(prefix))
+    parse = getattr(loss_config, f"parse_{kind}_loss_config")
     assert parse(head.LOSS_CONFIG).reg_loss.name == "gciou"

@@ -22,6 +22,7 @@ MODELS = [
     "nuscenes_models/cbgs_voxel0075_res3d_centerpoint_gciou",
     "nuscenes_models/cbgs_pp_multihead_gciou",
     "nuscenes_models/cbgs_voxel0075_voxelnext_gciou",
+    "nuscenes_models/transfusion_lidar_gciou",
 ]
 
 
@@ -73,7 +74,8 @@ def test_model_trains_one_step_on_a_kitti_frame_in_its_dataset_format(name, kitt
 
     register()
     # OpenPCDet's BaseBEVBackbone uses np.int (removed in numpy 1.24) for fractional UPSAMPLE_STRIDES (nuScenes
-    # PointPillars' 0.5); restore the alias it expects for this test only
+    # PointPillars' 0.5) and for stride 1 with USE_CONV_FOR_NO_STRIDE (TransFusion-L); restore the alias it expects
+    # for this test only
     monkeypatch.setattr(np, "int", int, raising=False)
     cfg = load_config(CFGS / f"{name}.yaml")
     dataset = _stub_dataset(cfg)
@@ -102,3 +104,115 @@ def test_model_trains_one_step_on_a_kitti_frame_in_its_dataset_format(name, kitt
     if model.roi_head is not None:  # PV-RCNN: the second stage trains too
         roi_grads = [p.grad for n, p in model.roi_head.named_parameters() if n.startswith("reg_layers")]
         assert roi_grads and all(g is not None and bool(torch.isfinite(g).all()) for g in roi_grads)
+
+
+@pytest.fixture(scope="module")
+def transfusion_features(kitti_frame):
+    """(config, batch, BEV features) of the KITTI frame in nuScenes format through TransFusion-L's backbone."""
+    from pcdet.models import build_network, load_data_to_gpu
+
+    from pcdet_gciou.openpcdet import register
+
+    register()
+    cfg = load_config(CFGS / "nuscenes_models" / "transfusion_lidar_gciou.yaml")
+    dataset = _stub_dataset(cfg)
+    np.random.seed(0)  # the point shuffle
+    batch = dataset.collate_batch([dataset.prepare_data(_frame_in_format(kitti_frame, cfg.DATA_CONFIG.DATASET))])
+    load_data_to_gpu(batch)
+    torch.manual_seed(0)
+    with pytest.MonkeyPatch.context() as patch:  # np.int in OpenPCDet's BaseBEVBackbone (see the test above)
+        patch.setattr(np, "int", int, raising=False)
+        model = build_network(cfg.MODEL, len(cfg.CLASS_NAMES), dataset)
+    features = dict(batch)
+    with torch.no_grad():
+        for module in model.module_list[:-1]:
+            features = module(features)
+    return cfg, dataset, batch, features["spatial_features_2d"]
+
+
+def _transfusion_head(setup, **loss_overrides):
+    """A fresh TransFusionHeadGCIoU (seed 0) run on the fixture's features in training mode: (head, loss, tb)."""
+    from pcdet.models.dense_heads import __all__ as dense_heads
+
+    cfg, dataset, batch, features = setup
+    head_cfg = load_config(CFGS / "nuscenes_models" / "transfusion_lidar_gciou.yaml").MODEL.DENSE_HEAD
+    head_cfg.LOSS_CONFIG.update(loss_overrides)
+    torch.manual_seed(0)
+    head = dense_heads[head_cfg.NAME](
+        model_cfg=head_cfg,
+        input_channels=features.shape[1],
+        num_class=len(cfg.CLASS_NAMES),
+        class_names=cfg.CLASS_NAMES,
+        grid_size=dataset.grid_size,
+        point_cloud_range=dataset.point_cloud_range,
+        predict_boxes_when_training=False,
+        voxel_size=dataset.voxel_size,
+    )
+    head.train()
+    out = head({"spatial_features_2d": features, "gt_boxes": batch["gt_boxes"].clone(), "batch_size": 1})
+    return head, out["loss"], out["tb_dict"]
+
+
+@pytest.mark.pcdet
+def test_transfusion_gciou_adds_the_iou_term_on_the_matched_queries(transfusion_features):
+    from pcdet_gciou.losses import gciou_loss
+
+    keep, keep_loss, keep_tb = _transfusion_head(transfusion_features, KEEP_L1=True)
+    positives = keep.positives()
+    gt = transfusion_features[2]["gt_boxes"][0]
+    gt = gt[gt[:, 3] > 0][:, :7]
+    assert positives.pred.shape[0] == gt.shape[0]  # one query per GT box (Hungarian matching)
+    diff = (positives.target[:, None, :] - gt[None, :, :]).abs()
+    diff[..., 6] = torch.remainder(diff[..., 6] + np.pi, 2 * np.pi) - np.pi  # headings equal modulo 2 pi
+    assert float(diff.abs().amax(-1).min(-1).values.max()) < 1e-4  # the encoded targets decode to the frame's boxes
+    options = {k: v for k, v in transfusion_features[0].MODEL.DENSE_HEAD.LOSS_CONFIG.REG_LOSS.items() if k != "NAME"}
+    expected = gciou_loss(positives.pred, positives.target, reduction="sum", **options) / gt.shape[0]
+    assert keep_tb["loss_iou_box"] == pytest.approx(float(expected), rel=1e-5)
+    host = keep_tb["loss_heatmap"] + keep_tb["loss_cls"] + keep_tb["loss_bbox"]
+    assert float(keep_loss) == pytest.approx(host + float(expected), rel=1e-5)
+    assert 0.0 <= keep_tb["iou_pos"] <= 1.0 and keep_tb["loss_trans"] == pytest.approx(float(keep_loss))
+
+    replace, _, replace_tb = _transfusion_head(transfusion_features, KEEP_L1=False)
+    pred_dicts, targets, weights = replace._last_targets
+    preds = torch.cat([pred_dicts[n] for n in ("center", "height", "dim", "rot", "vel")], dim=1).permute(0, 2, 1)
+    code_weights = torch.tensor(replace.model_cfg.LOSS_CONFIG.LOSS_WEIGHTS.code_weights)
+    velocity_l1 = ((preds - targets).abs() * weights * code_weights)[..., 8:].sum() / gt.shape[0]
+    assert replace_tb["loss_bbox"] == pytest.approx(0.25 * float(velocity_l1), rel=1e-5)  # bbox_weight 0.25
+    assert replace_tb["loss_heatmap"] == pytest.approx(keep_tb["loss_heatmap"])
+    assert replace_tb["loss_bbox"] < keep_tb["loss_bbox"]
+
+
+@pytest.mark.pcdet
+def test_transfusion_decoder_and_assigner_cost_match_the_hosts_on_cpu(transfusion_features, monkeypatch):
+    shapely = pytest.importorskip("shapely.geometry", reason="the BEV reference needs shapely")
+    from pcdet.models.dense_heads.target_assigner.hungarian_assigner import height_overlaps
+    from pcdet.models.dense_heads.transfusion_head import TransFusionHead
+
+    head, _, _ = _transfusion_head(transfusion_features)
+    pred_dicts = head._last_targets[0]
+    args = [pred_dicts[k].detach().clone() for k in ("heatmap", "rot", "dim", "center", "height", "vel")]
+    ours = [head.decode_bbox(*[a.clone() for a in args], filter=flag) for flag in (False, True)]
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *a, **k: self)  # the host's decoder hard-codes CUDA
+    hosts = [TransFusionHead.decode_bbox(head, *[a.clone() for a in args], filter=flag) for flag in (False, True)]
+    for mine, theirs in zip(ours, hosts):
+        for key in ("pred_boxes", "pred_scores", "pred_labels"):
+            torch.testing.assert_close(mine[0][key], theirs[0][key], rtol=1e-5, atol=1e-5)
+
+    gt = transfusion_features[2]["gt_boxes"][0][:, :7]
+    generator = torch.Generator().manual_seed(0)
+    shifted = gt + torch.randn(gt.shape, generator=generator) * torch.tensor([0.5, 0.5, 0.3, 0.3, 0.3, 0.2, 0.4])
+    boxes = torch.cat([shifted, ours[0][0]["pred_boxes"][:10, :7]])  # overlapping pairs and untrained queries
+    cost, iou = head.bbox_assigner.iou3d_cost(boxes, gt)
+
+    def bev(box):
+        x, y, dx, dy, heading = (float(box[i]) for i in (0, 1, 3, 4, 6))
+        c, s = np.cos(heading), np.sin(heading)
+        half = ((dx / 2, dy / 2), (-dx / 2, dy / 2), (-dx / 2, -dy / 2), (dx / 2, -dy / 2))
+        return shapely.Polygon([(x + c * u - s * v, y + s * u + c * v) for u, v in half])
+
+    areas = torch.tensor([[bev(a).intersection(bev(b)).area for b in gt] for a in boxes], dtype=boxes.dtype)
+    overlap = areas * height_overlaps(boxes, gt)  # the host's height term (z read as the bottom)
+    union = boxes[:, 3:6].prod(-1)[:, None] + gt[:, 3:6].prod(-1)[None, :] - overlap
+    torch.testing.assert_close(iou, overlap / union.clamp_min(1e-8), rtol=1e-4, atol=1e-5)
+    assert float(iou[: gt.shape[0]].diagonal().min()) > 0.05  # the reference is not all zeros
+    torch.testing.assert_close(cost, -0.25 * iou)

@@ -25,6 +25,7 @@ HEADS = {
     "AnchorHeadMultiGCIoU": ("pcdet.models.dense_heads", "pcdet_gciou.openpcdet.dense_head"),
     "CenterHeadGCIoU": ("pcdet.models.dense_heads", "pcdet_gciou.openpcdet.center_head"),
     "VoxelNeXtHeadGCIoU": ("pcdet.models.dense_heads", "pcdet_gciou.openpcdet.center_head"),
+    "TransFusionHeadGCIoU": ("pcdet.models.dense_heads", "pcdet_gciou.openpcdet.transfusion_head"),
     "PVRCNNHeadGCIoU": ("pcdet.models.roi_heads", "pcdet_gciou.openpcdet.roi_head"),
     "CTBEVBackbone": ("pcdet.models.backbones_2d", "pcdet_gciou.openpcdet.ct_bev_backbone"),
 }

@@ -21,6 +21,11 @@ Centre heads (``CenterHeadGCIoU``, ``VoxelNeXtHeadGCIoU``): :class:`CenterLossOp
     KEEP_L1: False             # keep the host's L1 on the terms the IoU loss covers (centre, z, size, heading)
     LOSS_WEIGHTS: {cls_weight, loc_weight, code_weights, [iou_weight]}
 
+Query head (``TransFusionHeadGCIoU``): the same :class:`CenterLossOptions` on the host's own keys::
+
+    LOSS_WEIGHTS: {cls_weight, bbox_weight, hm_weight, code_weights, [iou_weight]}
+    LOSS_CLS: {use_sigmoid, gamma, alpha}
+
 RoI head (``PVRCNNHeadGCIoU``), the stock keys plus :class:`RoIIoULossOptions`::
 
     IOU_REG_LOSS: {ENABLED: False, MODE: add | replace, LOSS: {NAME: gciou}}
@@ -50,6 +55,7 @@ __all__ = [
     "RoIIoULossOptions",
     "parse_dense_loss_config",
     "parse_center_loss_config",
+    "parse_transfusion_loss_config",
     "parse_roi_loss_config",
 ]
 
@@ -119,6 +125,15 @@ _ANCHOR_HOST_KEYS = (
     ("LOSS_WEIGHTS", "neg_cls_weight"),
 )
 _CENTER_HOST_KEYS = (("LOSS_WEIGHTS", "cls_weight"), ("LOSS_WEIGHTS", "loc_weight"), ("LOSS_WEIGHTS", "code_weights"))
+_TRANSFUSION_HOST_KEYS = (
+    ("LOSS_WEIGHTS", "cls_weight"),
+    ("LOSS_WEIGHTS", "bbox_weight"),
+    ("LOSS_WEIGHTS", "hm_weight"),
+    ("LOSS_WEIGHTS", "code_weights"),
+    ("LOSS_CLS", "use_sigmoid"),
+    ("LOSS_CLS", "gamma"),
+    ("LOSS_CLS", "alpha"),
+)
 _ROI_HOST_KEYS = (
     ("CLS_LOSS",),
     ("REG_LOSS",),
@@ -225,6 +240,19 @@ def parse_center_loss_config(loss_cfg: Mapping) -> CenterLossOptions:
     options = _parse(CenterLossOptions, "DENSE_HEAD.LOSS_CONFIG", loss_cfg, _CENTER_HOST_KEYS)
     for path in _CENTER_HOST_KEYS:
         if not _lookup(loss_cfg, path)[0]:
+            raise ValueError(f"DENSE_HEAD.LOSS_CONFIG.{_name(path)} is required (the host head reads it)")
+    return options
+
+
+def parse_transfusion_loss_config(loss_cfg: Mapping) -> CenterLossOptions:
+    """Validate ``TransFusionHeadGCIoU``'s ``DENSE_HEAD.LOSS_CONFIG``: the centre heads' keys on the host's own.
+
+    Raises:
+        ValueError / TypeError: as :func:`parse_dense_loss_config`; a host key the host reads is missing.
+    """
+    options = _parse(CenterLossOptions, "DENSE_HEAD.LOSS_CONFIG", loss_cfg, _TRANSFUSION_HOST_KEYS)
+    for path in _TRANSFUSION_HOST_KEYS:
+        if path[0] == "LOSS_WEIGHTS" and not _lookup(loss_cfg, path)[0]:
             raise ValueError(f"DENSE_HEAD.LOSS_CONFIG.{_name(path)} is required (the host head reads it)")
     return options
 
