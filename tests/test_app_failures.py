@@ -72,6 +72,13 @@ def test_set_values_that_do_not_parse(tree, tmp_path, sets, fragment):
     _assert_one_line(_train(tree, tmp_path, sets=["--set", *sets]), 2, fragment)
 
 
+def test_unknown_hook_is_refused_before_the_run(tree, tmp_path):
+    cfg = tmp_path / "hooked.yaml"
+    cfg.write_text(f"_BASE_CONFIG_: {PP}\nHOOK:\n    EarlyStopHook: {{PATIENCE: 3}}\n")
+    common = ["--cfg_file", str(cfg), "--cpu", "--data_path", str(tree), "--output_dir", str(tmp_path / "out")]
+    _assert_one_line(_tool("train", *common, *NO_GT), 2, "unknown hook HOOK.EarlyStopHook", "DisableAugmentationHook")
+
+
 def test_missing_or_empty_data_path_and_split(tmp_path):
     _assert_one_line(_train(tmp_path / "nowhere", tmp_path), 2, "nowhere does not exist", "--data_path")
     (tmp_path / "empty").mkdir()

@@ -38,6 +38,7 @@ from ...training.rundir import RunDir
 from .args import FIXED_SEED, add_model_run_arguments, add_set_argument, base_parser
 from .checks import check_data_files, check_gt_sampler
 from .errors import UsageError
+from .hooks import DisableAugmentationHook, parse_hooks, with_augmentation_hook
 from .run_config import load_run_config, parse_optimization
 
 __all__ = ["parse_train_args", "train_main"]
@@ -93,6 +94,7 @@ class _Run:
     optim: OptimizationOptions
     run_dir: RunDir
     logger: Any
+    hook: DisableAugmentationHook | None = None
     resume_path: Path | None = None
     resume_ckpt: dict | None = None
     data_seed: int = 0
@@ -197,6 +199,10 @@ def _build_trainer(run: _Run, dataset, model, metrics) -> Trainer:
         world_size=run.proc.world_size,
         pin_memory=run.proc.device.type == "cuda",
     )
+    augmentor_cfg = run.cfg.DATA_CONFIG.get("DATA_AUGMENTOR", {})
+    loader_for_epoch = with_augmentation_hook(
+        loader_for_epoch, dataset, augmentor_cfg, run.hook, run.optim.NUM_EPOCHS, run.logger.info
+    )
     optimizer = build_optimizer(model, run.optim)
     total_iters = iters_per_epoch * run.optim.NUM_EPOCHS
     scheduler = build_scheduler(optimizer, run.optim, total_iters=total_iters, iters_per_epoch=iters_per_epoch)
@@ -239,10 +245,11 @@ def _prepare(args: argparse.Namespace) -> _Run:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     cfg, optim = _configure(args, proc)
+    hook = parse_hooks(cfg)
     check_data_files(cfg, training=True)
     run_dir = run_dir_for(args.cfg_file, args.extra_tag, args.output_dir)
     logger = create_logger(run_dir.log_file("train", datetime.datetime.now().strftime("%Y%m%d-%H%M%S")), rank=proc.rank)
-    run = _Run(args, proc, cfg, optim, run_dir, logger)
+    run = _Run(args, proc, cfg, optim, run_dir, logger, hook)
     _find_resume(run)
     return run
 
