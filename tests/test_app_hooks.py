@@ -70,10 +70,12 @@ def test_hook_switches_augmentations_off_once_for_the_last_epochs():
     for epoch in range(5):
         assert loader(epoch, 0) == [epoch]
         assert len(calls) == (1 if epoch >= 3 else 0)  # epochs 4 and 5 (0-based 3, 4) run without GT sampling
-    assert calls[0]["DISABLE_AUG_LIST"] == ["gt_sampling"] and calls[0]["AUG_CONFIG_LIST"] == [{"NAME": "gt_sampling"}]
+    # the run's own list stays off too (OpenPCDet's hook would replace it)
+    assert calls[0]["DISABLE_AUG_LIST"] == ["placeholder", "gt_sampling"]
+    assert calls[0]["AUG_CONFIG_LIST"] == [{"NAME": "gt_sampling"}]
     assert augmentor_cfg["DISABLE_AUG_LIST"] == ["placeholder"]  # the run's config is untouched
     assert loaded == [(e, 0) for e in range(5)] and logged == [
-        "epoch 4: augmentations ['gt_sampling'] off (HOOK.DisableAugmentationHook)"
+        "epoch 4: augmentations ['placeholder', 'gt_sampling'] off (HOOK.DisableAugmentationHook)"
     ]
 
 
@@ -94,15 +96,15 @@ def test_hook_drives_openpcdets_own_augmentor(tmp_path):
 
     cfg = load_config(CFGS / "kitti_models" / "pointpillar.yaml")
     augmentor_cfg = cfg.DATA_CONFIG.DATA_AUGMENTOR
-    augmentor_cfg.DISABLE_AUG_LIST = ["gt_sampling"]  # no GT database here
+    augmentor_cfg.DISABLE_AUG_LIST = ["gt_sampling", "random_world_scaling"]  # no GT database here
     dataset = _Dataset()
     dataset.data_augmentor = DataAugmentor(tmp_path, augmentor_cfg, cfg.CLASS_NAMES, logger=None)
     names = lambda: [stage.func.__name__ for stage in dataset.data_augmentor.data_augmentor_queue]  # noqa: E731
-    assert names() == ["random_world_flip", "random_world_rotation", "random_world_scaling"]
+    assert names() == ["random_world_flip", "random_world_rotation"]
     hook = DisableAugmentationHook(("gt_sampling", "random_world_flip"), 1)
     loader = with_augmentation_hook(lambda epoch, skip: [], dataset, augmentor_cfg, hook, 3, lambda message: None)
     loader(1, 0)
-    assert names() == ["random_world_flip", "random_world_rotation", "random_world_scaling"]
+    assert names() == ["random_world_flip", "random_world_rotation"]
     loader(2, 0)
-    assert names() == ["random_world_rotation", "random_world_scaling"]
-    assert augmentor_cfg.DISABLE_AUG_LIST == ["gt_sampling"]
+    assert names() == ["random_world_rotation"]  # scaling, off for the run, stays off
+    assert augmentor_cfg.DISABLE_AUG_LIST == ["gt_sampling", "random_world_scaling"]

@@ -130,13 +130,19 @@ def transfusion_features(kitti_frame):
     return cfg, dataset, batch, features["spatial_features_2d"]
 
 
-def _transfusion_head(setup, **loss_overrides):
-    """A fresh TransFusionHeadGCIoU (seed 0) run on the fixture's features in training mode: (head, loss, tb)."""
+def _transfusion_head(setup, gt_boxes=None, dropout=None, **loss_overrides):
+    """A fresh TransFusionHeadGCIoU (seed 0) run on the fixture's features in training mode: (head, loss, tb).
+
+    ``gt_boxes`` (B, M, 10) replaces the frame's boxes; the features are repeated to its batch size."""
     from pcdet.models.dense_heads import __all__ as dense_heads
 
     cfg, dataset, batch, features = setup
+    gt_boxes = batch["gt_boxes"] if gt_boxes is None else gt_boxes
+    features = features.expand(gt_boxes.shape[0], -1, -1, -1).contiguous()
     head_cfg = load_config(CFGS / "nuscenes_models" / "transfusion_lidar_gciou.yaml").MODEL.DENSE_HEAD
     head_cfg.LOSS_CONFIG.update(loss_overrides)
+    if dropout is not None:
+        head_cfg.DROPOUT = dropout
     torch.manual_seed(0)
     head = dense_heads[head_cfg.NAME](
         model_cfg=head_cfg,
@@ -149,7 +155,7 @@ def _transfusion_head(setup, **loss_overrides):
         voxel_size=dataset.voxel_size,
     )
     head.train()
-    out = head({"spatial_features_2d": features, "gt_boxes": batch["gt_boxes"].clone(), "batch_size": 1})
+    out = head({"spatial_features_2d": features, "gt_boxes": gt_boxes.clone(), "batch_size": gt_boxes.shape[0]})
     return head, out["loss"], out["tb_dict"]
 
 
@@ -216,3 +222,17 @@ def test_transfusion_decoder_and_assigner_cost_match_the_hosts_on_cpu(transfusio
     torch.testing.assert_close(iou, overlap / union.clamp_min(1e-8), rtol=1e-4, atol=1e-5)
     assert float(iou[: gt.shape[0]].diagonal().min()) > 0.05  # the reference is not all zeros
     torch.testing.assert_close(cost, -0.25 * iou)
+
+
+@pytest.mark.pcdet
+def test_transfusion_gciou_batch_with_a_sample_without_boxes(transfusion_features):
+    gt = transfusion_features[2]["gt_boxes"]
+    single, single_loss, single_tb = _transfusion_head(transfusion_features, dropout=0.0)
+    pair, pair_loss, pair_tb = _transfusion_head(transfusion_features, torch.cat([gt, torch.zeros_like(gt)]), 0.0)
+    assert torch.isfinite(pair_loss)
+    count = int((gt[0, :, 3] > 0).sum())
+    assert pair.positives().pred.shape[0] == count  # the empty sample adds no matched query
+    # same features and the same matched queries: the IoU term is the single sample's (normalised by the same count)
+    assert pair_tb["loss_iou_box"] == pytest.approx(single_tb["loss_iou_box"], rel=1e-3)
+    torch.testing.assert_close(pair.positives().target, single.positives().target)
+    pair_loss.backward()

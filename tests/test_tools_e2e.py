@@ -322,3 +322,24 @@ def test_compare_curves_reads_real_runs(pipeline, tmp_path):
     assert pointpillar == {(c, recall) for c in CLASSES for recall in ("R11", "R40")}
     assert (tmp_path / "compare" / "losses.png").is_file() and (tmp_path / "compare" / "iou_pos.png").is_file()
     assert "pointpillar_gciou" in text and "second_gciou" in text
+
+
+@pytest.mark.pcdet
+@pytest.mark.slow
+def test_train_honours_the_config_hook(pipeline, tmp_path):
+    """A config with HOOK.DisableAugmentationHook: train.py switches the listed augmentation off for the last epoch."""
+    from pcdet_gciou.openpcdet.app import train_main
+
+    cfg = tmp_path / "pointpillar_hooked.yaml"
+    cfg.write_text(
+        f"_BASE_CONFIG_: {REPO / 'cfgs' / 'kitti_models' / 'pointpillar_gciou.yaml'}\n"
+        "HOOK:\n    DisableAugmentationHook: {DISABLE_AUG_LIST: [random_world_flip], NUM_LAST_EPOCHS: 1}\n"
+    )
+    common = _common("pointpillar_gciou", pipeline["tree"], tmp_path / "out")
+    common[1] = str(cfg)
+    # 5 frames, batch 5: one iteration per epoch
+    result = train_main(common + ["--batch_size", "5", "--epochs", "2"] + _sets("pointpillar_gciou"))
+    assert result["global_iter"] == 2
+    (log,) = result["run_dir"].glob("log_train_*.txt")
+    lines = [line for line in log.read_text().splitlines() if "HOOK.DisableAugmentationHook" in line]
+    assert len(lines) == 1 and "epoch 2: augmentations ['gt_sampling', 'random_world_flip'] off" in lines[0]

@@ -27,8 +27,13 @@ class PortableHungarianAssigner3D(HungarianAssigner3D):
     The host's ``overlaps`` moves the boxes to CUDA for the BEV overlap kernel; here the BEV overlap areas are the
     exact ones of :func:`pcdet_gciou.geometry.rotated_overlap_bev`, and the height overlap, volumes and cost are
     the host's (its ``height_overlaps``, which reads ``z`` as the box bottom, is kept so the matching is the
-    host's).
+    host's). A sample without ground truth makes every query background (the host's ``assign`` fails there).
     """
+
+    def assign(self, bboxes, gt_bboxes, gt_labels, cls_pred, point_cloud_range):
+        if gt_bboxes.shape[0] == 0:  # the host reads an unset variable here: every query is background
+            return bboxes.new_zeros(bboxes.shape[0], dtype=torch.long), bboxes.new_zeros(bboxes.shape[0])
+        return super().assign(bboxes, gt_bboxes, gt_labels, cls_pred, point_cloud_range)
 
     def iou3d_cost(self, bboxes: torch.Tensor, gt_bboxes: torch.Tensor):
         rows, cols = bboxes.shape[0], gt_bboxes.shape[0]

@@ -67,7 +67,8 @@ def with_augmentation_hook(
     ``total_epochs - num_last_epochs``; a resumed run past that point switches them off before its first epoch.
 
     The dataset is changed in this process before the epoch's loader (and its workers) is made. The run's config is
-    not touched: the augmentor gets a copy with ``DISABLE_AUG_LIST`` replaced, as OpenPCDet's hook sets it.
+    not touched: the augmentor gets a copy whose ``DISABLE_AUG_LIST`` is the run's plus the hook's. (OpenPCDet's hook
+    replaces the list, which switches back on an augmentation the run had switched off, e.g. by ``--set``.)
     """
     if hook is None:
         return loader_for_epoch
@@ -77,10 +78,11 @@ def with_augmentation_hook(
     def loader(epoch: int, skip: int):
         if epoch >= first and not switched:
             config = copy.deepcopy(augmentor_cfg)
-            config["DISABLE_AUG_LIST"] = list(hook.disable_aug_list)
+            already_off = list(config.get("DISABLE_AUG_LIST") or [])
+            config["DISABLE_AUG_LIST"] = already_off + [n for n in hook.disable_aug_list if n not in already_off]
             dataset.data_augmentor.disable_augmentation(config)
             switched.append(epoch)
-            log(f"epoch {epoch + 1}: augmentations {list(hook.disable_aug_list)} off (HOOK.DisableAugmentationHook)")
+            log(f"epoch {epoch + 1}: augmentations {config['DISABLE_AUG_LIST']} off (HOOK.DisableAugmentationHook)")
         return loader_for_epoch(epoch, skip)
 
     return loader

@@ -22,6 +22,7 @@ from ...training import (
     OptimizationOptions,
     RunOptions,
     Trainer,
+    TrainingInterrupted,
     build_optimizer,
     build_scheduler,
     create_logger,
@@ -284,11 +285,17 @@ def train_main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"LR {run.optim.LR}, clip {run.optim.GRAD_NORM_CLIP}; starting at iteration {trainer.state.global_iter}"
         )
         start = time.time()
-        state = trainer.fit()
+        try:
+            state = trainer.fit()
+        except TrainingInterrupted:
+            finished = True  # every rank stops after the same step (agreed in the loop): they can meet at the barrier
+            raise
         finished = True
     finally:
-        if metrics is not None:
-            metrics.close()
-        shutdown_distributed(synchronize=finished)
+        try:
+            if metrics is not None:
+                metrics.close()
+        finally:
+            shutdown_distributed(synchronize=finished)
     run.logger.info(f"done: epoch {state.epoch}, iteration {state.global_iter}, {time.time() - start:.1f} s")
     return {"run_dir": run.run_dir.root, "epoch": state.epoch, "global_iter": state.global_iter}
