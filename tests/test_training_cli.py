@@ -4,6 +4,7 @@ resume lookup, and DDP sharding of the Trainer (gloo, 2 processes)."""
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,61 @@ def test_ddp_shards_data_and_only_rank0_writes(tmp_path):
         assert torch.equal(a, b)
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["checkpoint_epoch_1.pth"]
     assert [r["step"] for r in read_metrics(tmp_path / "metrics.csv") if r["tag"] == "train/loss"] == [1, 2]
+
+
+def _failing_eval_worker(rank, world_size, run_dir, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_training_loop import CONFIG, NoisyDataset, TinyNet, mse_step
+
+    from pcdet_gciou.training import RunOptions, Trainer, build_optimizer, build_scheduler, make_epoch_loader
+    from pcdet_gciou.training.distributed import shutdown_distributed
+
+    def eval_hook(epoch, path):
+        raise ValueError("evaluation broke")
+
+    model = torch.nn.parallel.DistributedDataParallel(TinyNet())
+    loader, iters = make_epoch_loader(NoisyDataset(), batch_size=2, seed=3, rank=rank, world_size=world_size)
+    opt = build_optimizer(model, CONFIG["OPTIMIZATION"])
+    sched = build_scheduler(opt, CONFIG["OPTIMIZATION"], total_iters=2 * iters, iters_per_epoch=iters)
+    trainer = Trainer(
+        model,
+        opt,
+        sched,
+        train_step=mse_step,
+        loader_for_epoch=loader,
+        iters_per_epoch=iters,
+        total_epochs=2,
+        ckpt_dir=Path(run_dir) / "ckpt",
+        config=CONFIG,
+        grad_norm_clip=10.0,
+        options=RunOptions(progress=False, eval_interval=1),
+        eval_hook=eval_hook,
+        rank=rank,
+    )
+    try:
+        trainer.fit()
+        outcome = "finished"
+    except Exception as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+    (Path(run_dir) / f"rank{rank}.txt").write_text(f"{outcome} at iteration {trainer.state.global_iter}")
+    del model, trainer
+    shutdown_distributed(synchronize=False)
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_failure_on_rank0_stops_every_rank(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = torch.multiprocessing.spawn(_failing_eval_worker, args=(2, str(tmp_path), port), nprocs=2, join=False)
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):  # before the fix rank 1 waited at a barrier forever
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a rank is still waiting 120 s after rank 0's evaluation failed")
+    assert (tmp_path / "rank0.txt").read_text() == "ValueError: evaluation broke at iteration 2"
+    assert (tmp_path / "rank1.txt").read_text().startswith("RuntimeError: the evaluation of checkpoint_epoch_1.pth")

@@ -342,13 +342,24 @@ class Trainer:
             self._evaluate(epoch_of_step, path)
 
     def _evaluate(self, epoch: int, path: Path) -> None:
+        """Rank 0 evaluates while the others wait; a failure there stops every rank (none waits forever)."""
         if self.eval_hook is None or self.options.eval_interval <= 0:
             return
+        failure = None
         if self.rank == 0:
-            self.eval_hook(epoch, path)
+            try:
+                self.eval_hook(epoch, path)
+            except Exception as exc:  # re-raised below, after the other ranks have been told
+                failure = exc
         self._evaluated_iter = self.state.global_iter
         if _is_distributed():
-            torch.distributed.barrier()
+            device = next(unwrap_model(self.model).parameters()).device
+            failed = torch.tensor([int(failure is not None)], device=device)
+            torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)  # also the ranks' barrier
+            if failed.item() and failure is None:
+                raise RuntimeError(f"the evaluation of {path.name} failed on rank 0; see its log")
+        if failure is not None:
+            raise failure
 
     def _end_of_epoch(self) -> None:
         epoch = self.state.epoch
