@@ -190,3 +190,16 @@ def test_gt_sampler_class_without_boxes(kitti_mini_dir, tmp_path):
         "no usable box",
         "DISABLE",
     )
+
+
+def test_several_info_files_are_empty_only_all_together(tree):
+    from pcdet_gciou.openpcdet.app.checks import check_data_files
+    from pcdet_gciou.openpcdet.app.errors import UsageError
+
+    (tree / "empty.pkl").write_bytes(pickle.dumps([]))
+    data = {"DATA_PATH": str(tree), "DATASET": "KittiDataset", "DATA_SPLIT": {"test": "val"}}
+    check_data_files(
+        {"DATA_CONFIG": {**data, "INFO_PATH": {"test": ["kitti_infos_val.pkl", "empty.pkl"]}}}, training=False
+    )
+    with pytest.raises(UsageError, match="empty.pkl hold no frame"):
+        check_data_files({"DATA_CONFIG": {**data, "INFO_PATH": {"test": ["empty.pkl"]}}}, training=False)

@@ -40,12 +40,14 @@ def _check_kitti(root: Path, data_cfg: Mapping, mode: str) -> None:
         raise UsageError(
             f"split list {split_file} {state}; --data_path must be a KITTI-layout folder (ImageSets/, training/)"
         )
+    frames = 0
     for name in data_cfg["INFO_PATH"][mode]:
         if not (root / name).is_file():
             raise UsageError(f"infos not prepared: {root / name} is missing; {_prepare_hint(root)}")
-        infos = _load_prepared(root / name, list, root)
-        if not infos:
-            raise UsageError(f"infos {root / name} hold no frame; {_prepare_hint(root)} again")
+        frames += len(_load_prepared(root / name, list, root))
+    if not frames:  # OpenPCDet concatenates the listed files: only all of them empty is an error
+        infos = ", ".join(str(root / name) for name in data_cfg["INFO_PATH"][mode])
+        raise UsageError(f"infos {infos} hold no frame; {_prepare_hint(root)} again")
 
 
 def _load_prepared(path: Path, kind: type, root: Path) -> Any:
