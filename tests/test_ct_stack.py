@@ -10,6 +10,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from config_paths import flatten
@@ -183,6 +184,7 @@ def test_one_train_step_and_an_evaluation_on_real_frames(kitti_prepared, tmp_pat
     ]
     device = runtime.import_pcdet(cpu=True)
     torch.manual_seed(0)
+    np.random.seed(0)  # the training-mode point shuffle
     dataset, _ = runtime.build_dataset(cfg, training=True, batch_size=1, workers=0)
     model = runtime.build_model(cfg, dataset, device)
     assert type(model.backbone_2d).__name__ == "CTBEVBackbone" and _count(model.backbone_2d) == OFFICIAL_PARAMETERS
