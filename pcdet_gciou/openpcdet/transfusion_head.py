@@ -64,7 +64,7 @@ class TransFusionHeadGCIoU(TransFusionHead):
     ``iou_pos`` (mean 3D IoU of the matched queries); ``loss_trans`` is the new total.
 
     Runs on any device: the host's assigner and decoder create CUDA tensors, so this head uses
-    :class:`PortableHungarianAssigner3D` and its own :meth:`decode_bbox` (same outputs).
+    :class:`PortableHungarianAssigner3D` and its own :meth:`decode_bbox` (the host's outputs, tested).
     """
 
     def __init__(self, model_cfg, *args, **kwargs):
