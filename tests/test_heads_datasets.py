@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from head_builder import build_dense_head
 
 from pcdet_gciou.config import load_config
 
@@ -144,17 +145,7 @@ def _transfusion_head(setup, gt_boxes=None, dropout=None, **loss_overrides):
     head_cfg.LOSS_CONFIG.update(loss_overrides)
     if dropout is not None:
         head_cfg.DROPOUT = dropout
-    torch.manual_seed(0)
-    head = dense_heads[head_cfg.NAME](
-        model_cfg=head_cfg,
-        input_channels=features.shape[1],
-        num_class=len(cfg.CLASS_NAMES),
-        class_names=cfg.CLASS_NAMES,
-        grid_size=dataset.grid_size,
-        point_cloud_range=dataset.point_cloud_range,
-        predict_boxes_when_training=False,
-        voxel_size=dataset.voxel_size,
-    )
+    head = build_dense_head(dense_heads[head_cfg.NAME], head_cfg, cfg, dataset, features)
     head.train()
     out = head({"spatial_features_2d": features, "gt_boxes": gt_boxes.clone(), "batch_size": gt_boxes.shape[0]})
     return head, out["loss"], out["tb_dict"]

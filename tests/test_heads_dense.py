@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from head_builder import build_dense_head
 
 from pcdet_gciou.config import load_config
 from pcdet_gciou.losses import build_loss, gciou_loss, gciou_loss_and_iou
@@ -79,17 +80,7 @@ def _head(name, frame, seed=0, **loss_overrides):
     cfg = load_config(MODELS_DIR / f"{name}.yaml")
     head_cfg = cfg.MODEL.DENSE_HEAD
     head_cfg.LOSS_CONFIG.update(loss_overrides)
-    torch.manual_seed(seed)
-    return dense_heads.__all__[head_cfg.NAME](
-        model_cfg=head_cfg,
-        input_channels=features.shape[1],
-        num_class=len(cfg.CLASS_NAMES),
-        class_names=cfg.CLASS_NAMES,
-        grid_size=dataset.grid_size,
-        point_cloud_range=dataset.point_cloud_range,
-        voxel_size=dataset.voxel_size,
-        predict_boxes_when_training=False,
-    )
+    return build_dense_head(dense_heads.__all__[head_cfg.NAME], head_cfg, cfg, dataset, features, seed)
 
 
 def _run(head, frame):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from head_builder import build_dense_head
 
 from pcdet_gciou.config import load_config
 from pcdet_gciou.geometry import rotated_iou_3d
@@ -298,16 +299,7 @@ def _head(frame, **loss_overrides):
     cfg, dataset, _, features = frame
     head_cfg = load_config(MODELS_DIR / "pointpillar_gciou.yaml").MODEL.DENSE_HEAD
     head_cfg.LOSS_CONFIG.update(loss_overrides)
-    torch.manual_seed(0)
-    return AnchorHeadSingleGCIoU(
-        model_cfg=head_cfg,
-        input_channels=features.shape[1],
-        num_class=len(cfg.CLASS_NAMES),
-        class_names=cfg.CLASS_NAMES,
-        grid_size=dataset.grid_size,
-        point_cloud_range=dataset.point_cloud_range,
-        predict_boxes_when_training=False,
-    )
+    return build_dense_head(AnchorHeadSingleGCIoU, head_cfg, cfg, dataset, features)
 
 
 def _run_head(head, frame):
@@ -431,16 +423,8 @@ def test_stock_head_logs_the_same_positive_iou(pointpillar_frame):
     cfg, dataset, batch, features = pointpillar_frame
     ours = _head(pointpillar_frame)
     _, tb = _run_head(ours, pointpillar_frame)
-    torch.manual_seed(0)
-    stock = AnchorHeadSingle(
-        model_cfg=load_config(MODELS_DIR / "pointpillar.yaml").MODEL.DENSE_HEAD,
-        input_channels=features.shape[1],
-        num_class=len(cfg.CLASS_NAMES),
-        class_names=cfg.CLASS_NAMES,
-        grid_size=dataset.grid_size,
-        point_cloud_range=dataset.point_cloud_range,
-        predict_boxes_when_training=False,
-    )
+    stock_cfg = load_config(MODELS_DIR / "pointpillar.yaml").MODEL.DENSE_HEAD
+    stock = build_dense_head(AnchorHeadSingle, stock_cfg, cfg, dataset, features)
     assert mean_positive_iou(stock) is None  # no training forward yet
     stock.train()
     stock({"spatial_features_2d": features, "gt_boxes": batch["gt_boxes"], "batch_size": 1})

@@ -83,68 +83,82 @@ def test_iter_new_checkpoints_polls_in_epoch_order(tmp_path):
     assert [p.name for p in again] == ["checkpoint_iter_5.pth"]
 
 
-def _ddp_worker(rank, world_size, run_dir, port):
+def _free_port() -> int:
+    with socket.socket() as probe:  # a port the OS says is free, not one derived from the pid
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _tiny_ddp_trainer(rank, world_size, run_dir, port, *, epochs, wrap_loader=lambda loader: loader, **trainer_kwargs):
+    """Joins the gloo group and returns a Trainer of test_training_loop's TinyNet, wrapped in DDP."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
     sys.path.insert(0, str(Path(__file__).parent))
     from test_training_loop import CONFIG, NoisyDataset, TinyNet, mse_step
 
-    from pcdet_gciou.training import (
-        MetricsLogger,
-        RunOptions,
-        Trainer,
-        build_optimizer,
-        build_scheduler,
-        make_epoch_loader,
-    )
-    from pcdet_gciou.training.distributed import shutdown_distributed
+    from pcdet_gciou.training import Trainer, build_optimizer, build_scheduler, make_epoch_loader
 
     torch.manual_seed(0)
     model = TinyNet()
-    seen = []
-    dataset = NoisyDataset()
-    loader_for_epoch, iters = make_epoch_loader(dataset, batch_size=2, seed=3, rank=rank, world_size=world_size)
-
-    def recording_loader(epoch, skip):
-        seen.extend(index for _, index in loader_for_epoch(epoch, skip).sampler)
-        return loader_for_epoch(epoch, skip)
-
+    loader, iters = make_epoch_loader(NoisyDataset(), batch_size=2, seed=3, rank=rank, world_size=world_size)
     opt = build_optimizer(model, CONFIG["OPTIMIZATION"])
-    sched = build_scheduler(opt, CONFIG["OPTIMIZATION"], total_iters=iters, iters_per_epoch=iters)
-    ddp = torch.nn.parallel.DistributedDataParallel(model)
-    metrics = MetricsLogger(run_dir, tensorboard=False) if rank == 0 else None
-    Trainer(
-        ddp,
+    sched = build_scheduler(opt, CONFIG["OPTIMIZATION"], total_iters=epochs * iters, iters_per_epoch=iters)
+    return Trainer(
+        torch.nn.parallel.DistributedDataParallel(model),
         opt,
         sched,
         train_step=mse_step,
-        loader_for_epoch=recording_loader,
+        loader_for_epoch=wrap_loader(loader),
         iters_per_epoch=iters,
-        total_epochs=1,
+        total_epochs=epochs,
         ckpt_dir=Path(run_dir) / "ckpt",
         config=CONFIG,
         grad_norm_clip=10.0,
+        rank=rank,
+        **trainer_kwargs,
+    )
+
+
+def _ddp_worker(rank, world_size, run_dir, port):
+    from pcdet_gciou.training import MetricsLogger, RunOptions
+    from pcdet_gciou.training.distributed import shutdown_distributed
+
+    seen = []
+
+    def recording(loader_for_epoch):
+        def loader(epoch, skip):
+            seen.extend(index for _, index in loader_for_epoch(epoch, skip).sampler)
+            return loader_for_epoch(epoch, skip)
+
+        return loader
+
+    metrics = MetricsLogger(run_dir, tensorboard=False) if rank == 0 else None
+    trainer = _tiny_ddp_trainer(
+        rank,
+        world_size,
+        run_dir,
+        port,
+        epochs=1,
+        wrap_loader=recording,
         options=RunOptions(progress=False),
         metrics=metrics,
-        rank=rank,
-    ).fit()
+    )
+    trainer.fit()
     if metrics is not None:
         metrics.close()
     gathered = [None] * world_size
-    torch.distributed.all_gather_object(gathered, (seen, [p.detach().clone() for p in model.parameters()]))
+    params = [p.detach().clone() for p in trainer.model.module.parameters()]
+    torch.distributed.all_gather_object(gathered, (seen, params))
     if rank == 0:
         torch.save(gathered, Path(run_dir) / "gathered.pt")
-    del ddp  # the DDP reducer holds the process group: release it before the teardown, not at interpreter exit
+    del trainer  # the DDP reducer holds the process group: release it before the teardown, not at interpreter exit
     shutdown_distributed()
 
 
 @pytest.mark.slow
 def test_ddp_shards_data_and_only_rank0_writes(tmp_path):
-    with socket.socket() as probe:  # a port the OS says is free, not one derived from the pid
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path), port), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path), _free_port()), nprocs=2, join=True)
     (seen0, params0), (seen1, params1) = torch.load(tmp_path / "gathered.pt", weights_only=False)
     # 8 samples over 2 ranks: 4 each, disjoint, together the whole dataset
     assert len(seen0) == len(seen1) == 4 and sorted(seen0 + seen1) == list(range(8))
@@ -155,55 +169,32 @@ def test_ddp_shards_data_and_only_rank0_writes(tmp_path):
 
 
 def _failing_eval_worker(rank, world_size, run_dir, port):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
-    torch.set_num_threads(1)
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_training_loop import CONFIG, NoisyDataset, TinyNet, mse_step
-
-    from pcdet_gciou.training import RunOptions, Trainer, build_optimizer, build_scheduler, make_epoch_loader
+    from pcdet_gciou.training import RunOptions
     from pcdet_gciou.training.distributed import shutdown_distributed
 
     def eval_hook(epoch, path):
         raise ValueError("evaluation broke")
 
-    model = torch.nn.parallel.DistributedDataParallel(TinyNet())
-    loader, iters = make_epoch_loader(NoisyDataset(), batch_size=2, seed=3, rank=rank, world_size=world_size)
-    opt = build_optimizer(model, CONFIG["OPTIMIZATION"])
-    sched = build_scheduler(opt, CONFIG["OPTIMIZATION"], total_iters=2 * iters, iters_per_epoch=iters)
-    trainer = Trainer(
-        model,
-        opt,
-        sched,
-        train_step=mse_step,
-        loader_for_epoch=loader,
-        iters_per_epoch=iters,
-        total_epochs=2,
-        ckpt_dir=Path(run_dir) / "ckpt",
-        config=CONFIG,
-        grad_norm_clip=10.0,
-        options=RunOptions(progress=False, eval_interval=1),
-        eval_hook=eval_hook,
-        rank=rank,
-    )
+    options = RunOptions(progress=False, eval_interval=1)
+    trainer = _tiny_ddp_trainer(rank, world_size, run_dir, port, epochs=2, options=options, eval_hook=eval_hook)
     try:
         trainer.fit()
         outcome = "finished"
     except Exception as exc:
         outcome = f"{type(exc).__name__}: {exc}"
     (Path(run_dir) / f"rank{rank}.txt").write_text(f"{outcome} at iteration {trainer.state.global_iter}")
-    del model, trainer
+    del trainer
     shutdown_distributed(synchronize=False)
 
 
 @pytest.mark.slow
 def test_ddp_evaluation_failure_on_rank0_stops_every_rank(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    context = torch.multiprocessing.spawn(_failing_eval_worker, args=(2, str(tmp_path), port), nprocs=2, join=False)
+    worker_args = (2, str(tmp_path), _free_port())
+    context = torch.multiprocessing.spawn(_failing_eval_worker, args=worker_args, nprocs=2, join=False)
     deadline = time.monotonic() + 120
-    while not context.join(timeout=1):  # before the fix rank 1 waited at a barrier forever
+    # before the fix rank 1 waited at a barrier for rank 0 (with NCCL until the collective timeout; with gloo it
+    # failed on the closed connection instead, with a message that did not say why)
+    while not context.join(timeout=1):
         if time.monotonic() > deadline:
             for process in context.processes:
                 process.kill()

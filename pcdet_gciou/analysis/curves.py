@@ -255,20 +255,7 @@ def _fmt(value) -> str:
 
 
 def summary_markdown(rows: Sequence[dict]) -> str:
-    cols = (
-        "run",
-        "class",
-        "recall",
-        "epochs_evaluated",
-        "best_ap",
-        "best_epoch",
-        "final_ap",
-        "final_epoch",
-        "epoch_95pct_of_best",
-        "auc_ap_epoch",
-        "mean_ap_over_span",
-        "note",
-    )
+    cols = tuple(field for field in SUMMARY_FIELDS if field not in ("metric", "difficulty"))  # both in the title
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
